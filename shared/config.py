@@ -1,0 +1,216 @@
+"""One frozen configuration object for every onml process.
+
+Values are resolved in this order, later sources winning:
+
+1. the defaults declared on :class:`Config`;
+2. a TOML file: ``--config PATH``, else ``$ONML_CONFIG``, else ``onml.toml`` in the
+   working directory when it exists;
+3. environment variables named ``ONML_<FIELD>`` in upper case (``ONML_KAFKA_BOOTSTRAP``);
+4. explicit overrides, such as CLI flags.
+
+No host, port or secret is written anywhere else in the code base. The Redis password
+is never a default: it comes from ``ONML_REDIS_PASSWORD`` or from ``redis_password_file``,
+which ``onml stack up`` fills with a random token on first start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "ONML_"
+DEFAULT_CONFIG_FILE = "onml.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings shared by the jobs, the clients and the local stack.
+
+    Ports default to a range (19xxx) that stays clear of Kafka's, Redis's and Flink's
+    usual ports, so a demo can run beside other local services. Tests start their own
+    services on free ports and pass them in as overrides.
+    """
+
+    # Where runtime state (logs, pids, Kafka and Redis data, checkpoints) lives.
+    var_dir: str = "var"
+    # Where the prepared IDX data set lives.
+    data_dir: str = "data"
+    # Which IDX data set the clients stream: "mnist" or "fashion-mnist".
+    dataset: str = "mnist"
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 19093
+    training_topic: str = "onml.training"
+    request_topic: str = "onml.requests"
+    result_topic: str = "onml.results"
+    dead_letter_topic: str = "onml.dead-letter"
+    topic_partitions: int = 2
+    consumer_group_prefix: str = "onml"
+
+    # Redis model store
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 16379
+    redis_db: int = 0
+    redis_password: str = field(default="", repr=False)
+    redis_password_file: str = "var/redis.password"
+    model_key_prefix: str = "onml:model"
+    snapshots_kept: int = 20
+
+    # Flink
+    flink_rest_port: int = 18081
+    flink_jobmanager_rpc_port: int = 16123
+    connector_jar: str = "deploy/flink/target/lib/flink-sql-connector-kafka-5.0.0-2.2.jar"
+    checkpoint_interval_ms: int = 5000
+    # "thread" runs Python functions inside the TaskManager JVM (pemja); "process" uses
+    # a separate Python worker.
+    python_execution_mode: str = "thread"
+    parallelism: int = 1
+
+    # Training job
+    train_batch_size: int = 32
+    learning_rate: float = 1e-3
+    snapshot_every_samples: int = 2000
+    snapshot_interval_s: float = 10.0
+    # Prequential accuracy is measured over the last this-many samples.
+    accuracy_window: int = 1000
+    architecture: str = "cnn-small-v1"
+    seed: int = 0
+
+    # Inference job
+    max_batch_size: int = 256
+    max_batch_wait_ms: int = 20
+    # Requests held while no snapshot exists; beyond this they go to the dead-letter topic.
+    max_held_requests: int = 10000
+    model_poll_interval_s: float = 0.5
+
+    def redis_secret(self) -> str:
+        """Return the Redis password from the config, else from ``redis_password_file``."""
+        if self.redis_password:
+            return self.redis_password
+        path = Path(self.redis_password_file)
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+        raise ConfigError(
+            f"no Redis password: set ONML_REDIS_PASSWORD, or run 'onml stack up' to create "
+            f"{self.redis_password_file}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def redacted(self) -> dict[str, Any]:
+        """Return the settings for logging, with the password hidden."""
+        values = self.to_dict()
+        if values["redis_password"]:
+            values["redis_password"] = "***"
+        return values
+
+    def replace(self, **changes: Any) -> "Config":
+        return load_config(file_values=self.to_dict(), overrides=changes, read_env=False, read_file=False)
+
+
+_FIELD_TYPES = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    expected = _FIELD_TYPES[name]
+    try:
+        if expected is bool and isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if expected is int and isinstance(value, bool):
+            raise ValueError(value)
+        return expected(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"invalid value {value!r} for {name}: expected {expected.__name__}"
+        ) from None
+
+
+def _validate(config: Config) -> None:
+    positive = (
+        "topic_partitions", "train_batch_size", "snapshot_every_samples", "accuracy_window",
+        "max_batch_size", "max_held_requests", "parallelism", "checkpoint_interval_ms",
+        "snapshots_kept",
+    )
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.max_batch_wait_ms < 0:
+        raise ConfigError(f"max_batch_wait_ms must be 0 or more, got {config.max_batch_wait_ms}")
+    if config.snapshot_interval_s <= 0:
+        raise ConfigError(f"snapshot_interval_s must be above 0, got {config.snapshot_interval_s}")
+    if config.python_execution_mode not in ("thread", "process"):
+        raise ConfigError(
+            f"python_execution_mode must be 'thread' or 'process', got {config.python_execution_mode!r}"
+        )
+    if config.dataset not in ("mnist", "fashion-mnist"):
+        raise ConfigError(f"dataset must be 'mnist' or 'fashion-mnist', got {config.dataset!r}")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    file_values: Mapping[str, Any] | None = None,
+    read_env: bool = True,
+    read_file: bool = True,
+) -> Config:
+    """Build a :class:`Config` from defaults, a TOML file, the environment and overrides.
+
+    Unknown keys in the file or the overrides raise :class:`ConfigError`, so a typo does
+    not silently fall back to a default. Overrides whose value is ``None`` are ignored,
+    which lets CLI flags that were not given pass straight through.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = dict(file_values or {})
+
+    # 1. The TOML file.
+    if read_file:
+        path = path or environ.get(ENV_PREFIX + "CONFIG")
+        if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
+            path = DEFAULT_CONFIG_FILE
+        if path is not None:
+            try:
+                with open(path, "rb") as handle:
+                    loaded = tomllib.load(handle)
+            except FileNotFoundError:
+                raise ConfigError(f"config file not found: {path}") from None
+            except tomllib.TOMLDecodeError as error:
+                raise ConfigError(f"invalid TOML in {path}: {error}") from None
+            for key, value in loaded.items():
+                if key not in _FIELD_TYPES:
+                    raise ConfigError(f"unknown setting {key!r} in {path}")
+                values[key] = value
+
+    # 2. The environment.
+    if read_env:
+        for name in _FIELD_TYPES:
+            env_value = environ.get(ENV_PREFIX + name.upper())
+            if env_value is not None:
+                values[name] = env_value
+
+    # 3. Explicit overrides.
+    for key, value in (overrides or {}).items():
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = value
+
+    config = Config(**{key: _coerce(key, value) for key, value in values.items()})
+    _validate(config)
+    return config

@@ -1,0 +1,212 @@
+"""Versioned model snapshots in Redis.
+
+Every publish creates a new version; older versions stay readable until retention drops
+them, so models of different training times can be compared side by side.
+
+Layout under the key prefix ``P`` (``model_key_prefix`` in the config)::
+
+    P:seq               INCR counter that hands out version numbers
+    P:latest            the newest complete version
+    P:versions          sorted set of stored versions (score = version)
+    P:pinned            set of versions that retention never drops
+    P:v:<n>:weights     safetensors bytes of the state_dict
+    P:v:<n>:meta        JSON metadata, including the weights' sha256
+
+A snapshot's weights, metadata, index entry and the ``latest`` pointer are written in one
+MULTI/EXEC transaction, so a reader never sees a half-written snapshot. Weights are
+safetensors, which hold tensors only: loading them cannot run code. A reader checks the
+sha256 of the weights against the metadata and refuses a snapshot that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import orjson
+import redis
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from shared.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+class SnapshotNotFoundError(LookupError):
+    """No snapshot exists, or the requested version was dropped by retention."""
+
+
+class SnapshotCorruptError(ValueError):
+    """A snapshot's weights do not match the sha256 recorded in its metadata."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    metadata: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+
+
+def connect_redis(config: Config) -> redis.Redis:
+    """Open a Redis client for ``config`` and check the connection at once."""
+    client = redis.Redis(
+        host=config.redis_host,
+        port=config.redis_port,
+        db=config.redis_db,
+        password=config.redis_secret(),
+        socket_timeout=10,
+        socket_connect_timeout=5,
+    )
+    client.ping()
+    return client
+
+
+class ModelStore:
+    """Publish, list, pin and load model snapshots kept in Redis."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str, keep_last: int = 20) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+        self._redis = client
+        self._prefix = key_prefix
+        self._keep_last = keep_last
+
+    @classmethod
+    def from_config(cls, config: Config) -> "ModelStore":
+        return cls(connect_redis(config), config.model_key_prefix, config.snapshots_kept)
+
+    # Keys
+
+    def _key(self, *parts: object) -> str:
+        return ":".join([self._prefix, *map(str, parts)])
+
+    def _weights_key(self, version: int) -> str:
+        return self._key("v", version, "weights")
+
+    def _meta_key(self, version: int) -> str:
+        return self._key("v", version, "meta")
+
+    # Writing
+
+    def publish(self, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> int:
+        """Store a new snapshot and make it the latest; return its version.
+
+        ``metadata`` should carry at least ``architecture``, ``samples_seen`` and
+        ``accuracy``; ``version``, ``created_at``, ``sha256``, ``size_bytes`` and
+        ``framework`` are filled in here.
+        """
+        tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state_dict.items()}
+        weights = save_safetensors(tensors)
+        version = int(self._redis.incr(self._key("seq")))
+        record = dict(metadata)
+        record.update(
+            version=version,
+            created_at=time.time(),
+            sha256=hashlib.sha256(weights).hexdigest(),
+            size_bytes=len(weights),
+            framework=f"torch {torch.__version__}",
+        )
+
+        # One transaction: a reader sees all of the snapshot or none of it.
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(self._weights_key(version), weights)
+        pipe.set(self._meta_key(version), orjson.dumps(record))
+        pipe.zadd(self._key("versions"), {str(version): version})
+        pipe.set(self._key("latest"), version)
+        pipe.execute()
+        logger.info(
+            "published snapshot version=%d samples_seen=%s accuracy=%s bytes=%d",
+            version, record.get("samples_seen"), record.get("accuracy"), len(weights),
+        )
+
+        self._apply_retention(version)
+        return version
+
+    def _apply_retention(self, latest: int) -> None:
+        """Drop versions older than the newest ``keep_last``, sparing pinned ones."""
+        versions = self.versions()
+        pinned = self.pinned()
+        doomed = [v for v in versions[:-self._keep_last] if v not in pinned and v != latest]
+        if not doomed:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        for version in doomed:
+            pipe.delete(self._weights_key(version), self._meta_key(version))
+            pipe.zrem(self._key("versions"), str(version))
+        pipe.execute()
+        logger.debug("retention dropped versions %s", doomed)
+
+    def pin(self, version: int) -> None:
+        if not self._redis.exists(self._meta_key(version)):
+            raise SnapshotNotFoundError(f"snapshot version {version} not found")
+        self._redis.sadd(self._key("pinned"), version)
+
+    def unpin(self, version: int) -> None:
+        self._redis.srem(self._key("pinned"), version)
+
+    # Reading
+
+    def latest_version(self) -> int | None:
+        value = self._redis.get(self._key("latest"))
+        return None if value is None else int(value)
+
+    def versions(self) -> list[int]:
+        return [int(v) for v in self._redis.zrange(self._key("versions"), 0, -1)]
+
+    def pinned(self) -> set[int]:
+        return {int(v) for v in self._redis.smembers(self._key("pinned"))}
+
+    def metadata(self, version: int) -> dict[str, Any]:
+        raw = self._redis.get(self._meta_key(version))
+        if raw is None:
+            raise SnapshotNotFoundError(f"snapshot version {version} not found")
+        return orjson.loads(raw)
+
+    def list_snapshots(self) -> list[dict[str, Any]]:
+        """Return the metadata of every stored snapshot, oldest first, with a ``pinned`` flag."""
+        versions = self.versions()
+        if not versions:
+            return []
+        pinned = self.pinned()
+        raws = self._redis.mget([self._meta_key(v) for v in versions])
+        snapshots = []
+        for version, raw in zip(versions, raws):
+            if raw is None:  # dropped between the two reads
+                continue
+            record = orjson.loads(raw)
+            record["pinned"] = version in pinned
+            snapshots.append(record)
+        return snapshots
+
+    def load(self, version: int | None = None) -> Snapshot:
+        """Load a snapshot (the latest when ``version`` is None) after checking its sha256."""
+        if version is None:
+            version = self.latest_version()
+            if version is None:
+                raise SnapshotNotFoundError("no snapshot has been published yet")
+
+        # Read weights and metadata in one transaction so both belong to the same write.
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(self._meta_key(version))
+        pipe.get(self._weights_key(version))
+        raw_meta, weights = pipe.execute()
+        if raw_meta is None or weights is None:
+            raise SnapshotNotFoundError(f"snapshot version {version} not found")
+        metadata = orjson.loads(raw_meta)
+
+        digest = hashlib.sha256(weights).hexdigest()
+        if digest != metadata.get("sha256"):
+            logger.error(
+                "refused snapshot version=%d: weights sha256 %s does not match metadata %s",
+                version, digest, metadata.get("sha256"),
+            )
+            raise SnapshotCorruptError(
+                f"snapshot version {version} failed its checksum (sha256 {digest}, "
+                f"expected {metadata.get('sha256')})"
+            )
+        return Snapshot(version, metadata, load_safetensors(weights))
