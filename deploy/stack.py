@@ -228,15 +228,15 @@ class ManagedProcess:
                 child = _children.get(pid)
                 code = child.returncode if child is not None else "unknown"
                 raise StackError(
-                    f"{self.name} (pid {pid}) exited with code {code} while starting; "
-                    f"last lines of {self.log_file}:\n{_tail(self.log_file)}"
+                    f"{self.name} (pid {pid}) exited with code {code} while starting. "
+                    f"Last lines of {self.log_file}:\n{_tail(self.log_file)}"
                 )
             return ready()
 
         if not _wait_until(check, timeout):
             raise StackError(
-                f"{self.name} (pid {pid}) did not become ready within {timeout:.0f} s; "
-                f"see {self.log_file}"
+                f"timed out after {timeout:.0f} s waiting for {self.name} (pid {pid}) "
+                f"to become ready. See {self.log_file}"
             )
 
     def stop(self, timeout: float = 30.0) -> bool:
@@ -343,7 +343,7 @@ class KafkaBroker:
                 if _port_accepts(LOOPBACK, port):
                     raise StackError(
                         f"cannot start Kafka: 127.0.0.1:{port} is already in use by another "
-                        f"process; stop it or set kafka_bootstrap / kafka_controller_port"
+                        f"process. Stop it or set kafka_bootstrap / kafka_controller_port"
                     )
             ensure_kafka_classpath()
             self._write_config()
@@ -445,14 +445,15 @@ class KafkaBroker:
             )
         if result.returncode != 0:
             raise StackError(
-                f"formatting Kafka storage failed with exit code {result.returncode}; "
-                f"last lines of {self.process.log_file}:\n{_tail(self.process.log_file)}"
+                f"formatting Kafka storage failed with exit code {result.returncode}. "
+                f"Last lines of {self.process.log_file}:\n{_tail(self.process.log_file)}"
             )
 
     def _ready(self) -> bool:
         if not _port_accepts(LOOPBACK, self.port):
             return False
         # Imported here so that Redis- and Flink-only commands do not load librdkafka.
+        from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({
@@ -462,7 +463,7 @@ class KafkaBroker:
         })
         try:
             admin.list_topics(timeout=2)
-        except Exception as error:  # confluent_kafka raises KafkaException and others
+        except KafkaException as error:
             log.debug("Kafka on %s is not ready yet: %s", self.address, error)
             return False
         return True
@@ -475,8 +476,8 @@ def ensure_kafka_classpath() -> Path:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise StackError(
-            f"the Kafka classpath {KAFKA_LIB} is missing and mvn was not found; "
-            f"install Maven and run: mvn -q -B -f {KAFKA_POM} package"
+            f"the Kafka classpath {KAFKA_LIB} is missing and mvn was not found. "
+            f"Install Maven and run: mvn -q -B -f {KAFKA_POM} package"
         )
     log.info("Resolving the Kafka broker classpath with Maven into %s", KAFKA_LIB)
     result = subprocess.run(
@@ -609,7 +610,7 @@ class RedisServer:
             if _port_accepts(LOOPBACK, self.config.redis_port):
                 raise StackError(
                     f"cannot start Redis: 127.0.0.1:{self.config.redis_port} is already in "
-                    f"use by another process; stop it or set redis_port"
+                    f"use by another process. Stop it or set redis_port"
                 )
             self._write_config(password)
         redis_server = shutil.which("redis-server")
@@ -635,7 +636,7 @@ class RedisServer:
             "protected-mode yes",
             f"port {self.config.redis_port}",
             "daemonize no",
-            # Redis rewrites its process title; keeping the config path in it lets
+            # Redis rewrites its process title. Keeping the config path in the title lets
             # ManagedProcess recognise this server by its command line.
             'proc-title-template "{title} {listen-addr} {config-file}"',
             'logfile ""',
@@ -644,7 +645,7 @@ class RedisServer:
             "appendfsync everysec",
             f"requirepass {_redis_quote(password)}",
         ]
-        # The file holds the password, so only the owner may read it.
+        # The file contains the password, so only the owner may read it.
         fd = os.open(self.conf_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -672,7 +673,7 @@ class RedisServer:
 
 
 def pyflink_home() -> Path:
-    """Return the directory of the installed PyFlink wheel, which holds bin/ and lib/."""
+    """Return the directory of the installed PyFlink wheel, which contains bin/ and lib/."""
     import pyflink
 
     return Path(os.path.dirname(pyflink.__file__))
@@ -747,7 +748,7 @@ class FlinkCluster:
                 if _port_accepts(LOOPBACK, port):
                     raise StackError(
                         f"cannot start Flink: 127.0.0.1:{port} is already in use by another "
-                        f"process; stop it or set flink_rest_port / flink_jobmanager_rpc_port"
+                        f"process. Stop it or set flink_rest_port / flink_jobmanager_rpc_port"
                     )
             self._write_config()
         env = self.env()
@@ -777,7 +778,21 @@ class FlinkCluster:
         """Stop the TaskManager, then the JobManager. Returns whether either was running."""
         stopped_taskmanager = self.taskmanager.stop(timeout)
         stopped_jobmanager = self.jobmanager.stop(timeout)
+        self._remove_script_pid_files()
         return stopped_taskmanager or stopped_jobmanager
+
+    def _remove_script_pid_files(self) -> None:
+        """Remove the pid files that flink-console.sh wrote once their processes are gone.
+
+        The script appends a line per start and never removes the file, and it checks
+        old lines with ``kill -0``, which also succeeds for a zombie that init has not
+        yet reaped.
+        """
+        pid_dir = Path(self.env()["FLINK_PID_DIR"])
+        for path in pid_dir.glob("flink-*.pid"):
+            pids = [int(line) for line in path.read_text().split() if line.isdigit()]
+            if not any(pid_alive(pid) for pid in pids):
+                path.unlink(missing_ok=True)
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {
@@ -790,7 +805,7 @@ class FlinkCluster:
         return self._rest("GET", "/overview")
 
     def job_states(self) -> dict[str, str]:
-        """Return the state of every job the cluster knows, keyed by job id."""
+        """Return the state of every job the cluster lists, keyed by job id."""
         jobs = self._rest("GET", "/jobs")["jobs"]
         return {job["id"]: job["status"] for job in jobs}
 
@@ -811,7 +826,7 @@ class FlinkCluster:
 
         Flink 2.2's ``flink run`` has no ``--jarfile`` option, so each jar is added with
         ``--classpath file://...``. Those URLs must be readable by the client and the
-        TaskManager, which holds on this one-host cluster.
+        TaskManager, which is the case on this single-host cluster.
         """
         command = [
             str(self.home / "bin" / "flink"), "run", "--detached",
@@ -859,7 +874,7 @@ class FlinkCluster:
             for source in wheel_conf.glob(pattern):
                 shutil.copy2(source, self.conf_dir / source.name)
 
-        # Keep the wheel's JVM flags: Flink on Java 17 needs its --add-opens options.
+        # Keep the wheel's JVM flags, because Flink on Java 17 needs its --add-opens options.
         defaults = yaml.safe_load((wheel_conf / "config.yaml").read_text())
         java_opts = defaults.get("env", {}).get("java", {}).get("opts", {}).get("all", "")
 
@@ -919,7 +934,8 @@ def _services(config: Config) -> list[Any]:
 def up(config: Config, with_flink: bool = False) -> dict[str, dict[str, Any]]:
     """Start Kafka, create the topics, start Redis and, if asked, Flink.
 
-    Services that are already running are left running. Returns :func:`status`.
+    Services that are already running are left running. When a start fails, the services
+    started before it keep running until :func:`down`. Returns :func:`status`.
     """
     KafkaBroker(config).start()
     create_topics(config)

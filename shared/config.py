@@ -71,10 +71,16 @@ class Config:
     flink_jobmanager_rpc_port: int = 16123
     connector_jar: str = "deploy/flink/target/lib/flink-sql-connector-kafka-5.0.0-2.2.jar"
     checkpoint_interval_ms: int = 5000
-    # "thread" runs Python functions inside the TaskManager JVM (pemja); "process" uses
-    # a separate Python worker.
-    python_execution_mode: str = "thread"
+    # "process" runs Python functions in a separate worker process; "thread" runs them
+    # inside the TaskManager JVM (pemja), where importing torch hung with PyFlink 2.2.1
+    # and torch 2.15, so the jobs default to process mode.
+    python_execution_mode: str = "process"
     parallelism: int = 1
+    # Records go to the Python worker in bundles of at most this many, or this many ms.
+    bundle_size: int = 1000
+    bundle_time_ms: int = 5
+    # How long Flink may hold a network buffer before sending it downstream.
+    network_buffer_timeout_ms: int = 5
 
     # Training job
     train_batch_size: int = 32
@@ -144,11 +150,13 @@ def _validate(config: Config) -> None:
     positive = (
         "topic_partitions", "train_batch_size", "snapshot_every_samples", "accuracy_window",
         "max_batch_size", "max_held_requests", "parallelism", "checkpoint_interval_ms",
-        "snapshots_kept",
+        "snapshots_kept", "bundle_size", "bundle_time_ms",
     )
     for name in positive:
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.network_buffer_timeout_ms < 0:
+        raise ConfigError(f"network_buffer_timeout_ms must be 0 or more, got {config.network_buffer_timeout_ms}")
     if config.max_batch_wait_ms < 0:
         raise ConfigError(f"max_batch_wait_ms must be 0 or more, got {config.max_batch_wait_ms}")
     if config.snapshot_interval_s <= 0:

@@ -87,6 +87,10 @@ def create_environment(config: Config, job_name: str, resume: bool = True) -> St
     settings.set_string("python.executable", sys.executable)
     settings.set_string("python.client.executable", sys.executable)
     settings.set_string("python.execution-mode", config.python_execution_mode)
+    # Process mode hands records to the Python worker in bundles and runs timers only
+    # between bundles, so a short bundle time is what bounds the latency of a lone request.
+    settings.set_string("python.fn-execution.bundle.time", str(config.bundle_time_ms))
+    settings.set_string("python.fn-execution.bundle.size", str(config.bundle_size))
     settings.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
     settings.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     settings.set_string("execution.checkpointing.num-retained", "2")
@@ -103,6 +107,7 @@ def create_environment(config: Config, job_name: str, resume: bool = True) -> St
 
     env = StreamExecutionEnvironment.get_execution_environment(settings)
     env.set_parallelism(config.parallelism)
+    env.set_buffer_timeout(config.network_buffer_timeout_ms)
     env.enable_checkpointing(config.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     env.add_jars(connector.resolve().as_uri())
     for package in JOB_PACKAGES:
