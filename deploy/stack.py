@@ -235,7 +235,7 @@ class ManagedProcess:
 
         if not _wait_until(check, timeout):
             raise StackError(
-                f"timed out after {timeout:.0f} s waiting for {self.name} (pid {pid}) "
+                f"timed out after {timeout:g} s waiting for {self.name} (pid {pid}) "
                 f"to become ready. See {self.log_file}"
             )
 
@@ -541,7 +541,7 @@ def create_topics(config: Config, timeout: float = 30.0) -> list[str]:
 
     if not _wait_until(all_have_leaders, timeout, interval=0.2):
         raise StackError(
-            f"topics {names} have no leader after {timeout:.0f} s on {config.kafka_bootstrap}"
+            f"topics {names} have no leader after {timeout:g} s on {config.kafka_bootstrap}"
         )
 
     topics = admin.list_topics(timeout=5).topics
@@ -851,7 +851,7 @@ class FlinkCluster:
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as error:
-            raise StackError(f"flink run {script_path} timed out after {timeout:.0f} s") from error
+            raise StackError(f"flink run {script_path} timed out after {timeout:g} s") from error
         output = result.stdout + result.stderr
         match = _JOB_ID.search(output)
         if result.returncode != 0 or match is None:
