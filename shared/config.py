@@ -114,6 +114,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_environ(self) -> dict[str, str]:
+        """Return every setting as ``ONML_*`` variables, to hand this config to a child process."""
+        return {ENV_PREFIX + name.upper(): str(value) for name, value in self.to_dict().items()}
+
     def redacted(self) -> dict[str, Any]:
         """Return the settings for logging, with the password hidden."""
         values = self.to_dict()
