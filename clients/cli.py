@@ -370,15 +370,13 @@ def job_run(ctx: click.Context, name: str, no_resume: bool) -> None:
 def job_submit(ctx: click.Context, name: str) -> None:
     """Submit job NAME to the standalone cluster of 'onml stack up --flink' with 'flink run'."""
     from deploy.stack import FlinkCluster
-    from shared.flink import JOB_PACKAGES, absolute_paths
+    from shared.flink import absolute_paths, build_job_archive
 
     config = absolute_paths(get_config(ctx))
     script = PROJECT_ROOT / JOB_MODULES[name].replace(".", "/")
+    archive = build_job_archive(Path(config.var_dir) / "build")
     job_id = FlinkCluster(config).flink_run(
-        str(script.with_suffix(".py")),
-        [str(PROJECT_ROOT / package) for package in JOB_PACKAGES],
-        [],
-        [config.connector_jar],
+        str(script.with_suffix(".py")), [str(archive)], [], [config.connector_jar]
     )
     click.echo(f"submitted {name} job {job_id} to {FlinkCluster(config).rest_url}")
 

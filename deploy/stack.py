@@ -729,6 +729,9 @@ class FlinkCluster:
         """Return the environment for Flink's scripts and its CLI."""
         var_dir = _var_dir(self.config)
         env = dict(os.environ)
+        # The cluster must find the jobs' code only in what each job ships, never through
+        # the caller's path (make sets PYTHONPATH to the checkout).
+        env.pop("PYTHONPATH", None)
         env.update({
             "FLINK_CONF_DIR": str(self.conf_dir),
             "FLINK_LOG_DIR": str(var_dir / "log" / "flink"),
@@ -840,6 +843,9 @@ class FlinkCluster:
             command += ["--classpath", Path(jar).absolute().as_uri()]
         command += ["--", *args]
 
+        # The job's client reads its settings from ONML_* variables like any onml process.
+        env = self.env()
+        env.update(self.config.to_environ())
         log.info("Submitting %s to Flink on %s", script_path, self.address)
         try:
             result = subprocess.run(
@@ -847,7 +853,7 @@ class FlinkCluster:
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
-                env=self.env(),
+                env=env,
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as error:

@@ -85,6 +85,12 @@ class SnapshotWatcher:
             return False
         except SnapshotNotFoundError:
             return False
+        except Exception:
+            # Weights that pass the checksum but do not fit the architecture, or an
+            # unknown architecture: refuse this version and keep serving.
+            logger.exception("refused snapshot version %d: it could not be loaded", latest)
+            self._refused.add(latest)
+            return False
         previous = self._version()
         self._current = loaded
         logger.info("serving snapshot version %d (was %s)", loaded.version, previous)

@@ -35,8 +35,9 @@ class ConfigError(ValueError):
 class Config:
     """Settings shared by the jobs, the clients and the local stack.
 
-    Ports default to a range (19xxx) that stays clear of Kafka's, Redis's and Flink's
-    usual ports, so a demo can run beside other local services. Tests start their own
+    Ports default to numbers that stay clear of Kafka's, Redis's and Flink's usual
+    ports (19092, 16379, 18081 instead of 9092, 6379, 8081), so a demo can run beside
+    other local services. Tests start their own
     services on free ports and pass them in as overrides.
     """
 
@@ -133,21 +134,22 @@ _FIELD_TYPES = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclass
 
 
 def _coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` to the field's type: strings (environment, CLI) are parsed, other
+    values (TOML) must already have the right type, so ``2.5`` for an int is an error."""
     expected = _FIELD_TYPES[name]
-    try:
-        if expected is bool and isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if expected is int and isinstance(value, bool):
-            raise ValueError(value)
-        return expected(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"invalid value {value!r} for {name}: expected {expected.__name__}"
-        ) from None
+    invalid = ConfigError(f"invalid value {value!r} for {name}: expected {expected.__name__}")
+    if isinstance(value, str):
+        try:
+            return expected(value)
+        except ValueError:
+            raise invalid from None
+    if isinstance(value, bool):
+        raise invalid
+    if expected is float and isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, expected):
+        raise invalid
+    return value
 
 
 def _validate(config: Config) -> None:

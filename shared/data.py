@@ -61,7 +61,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">HBB", 0, _IDX_UBYTE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as handle:
         handle.write(header)
         handle.write(array.tobytes())
 
@@ -75,6 +76,8 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != _IDX_UBYTE:
         raise DataError(f"{path} is not a uint8 IDX file (header {data[:4].hex()})")
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} ends inside its header ({ndim} dimensions declared)")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     expected = int(np.prod(shape))

@@ -12,6 +12,7 @@ import logging
 import os
 import site
 import sys
+import zipfile
 from pathlib import Path
 
 from pyflink.common import Configuration, Types, WatermarkStrategy
@@ -76,11 +77,11 @@ def create_environment(config: Config, job_name: str, resume: bool = True) -> St
             "(mvn -q -B -f deploy/flink/pom.xml package) to fetch it"
         )
 
-    # Thread mode runs Python inside the TaskManager JVM, which finds pemja and the
-    # rest of the virtualenv only through PYTHONPATH.
-    paths = [str(PROJECT_ROOT), *site.getsitepackages()]
-    existing = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([existing] if existing else []))
+    if config.python_execution_mode == "thread":
+        # Thread mode runs Python inside the TaskManager JVM, which finds pemja and the
+        # rest of the virtualenv only through PYTHONPATH.
+        existing = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join([*site.getsitepackages(), *([existing] if existing else [])])
 
     checkpoints = checkpoint_dir(config, job_name)
     settings = Configuration()
@@ -94,9 +95,12 @@ def create_environment(config: Config, job_name: str, resume: bool = True) -> St
     settings.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
     settings.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     settings.set_string("execution.checkpointing.num-retained", "2")
-    settings.set_string("rest.bind-address", "127.0.0.1")
-    settings.set_string("rest.address", "127.0.0.1")
-    settings.set_string("rest.port", "0")
+    if "PYFLINK_GATEWAY_PORT" not in os.environ:
+        # Embedded mini-cluster (not `flink run`, whose driver sets that variable): keep its
+        # REST endpoint on loopback and on a free port, so two jobs and a demo can coexist.
+        settings.set_string("rest.bind-address", "127.0.0.1")
+        settings.set_string("rest.address", "127.0.0.1")
+        settings.set_string("rest.port", "0")
     if resume:
         restore_from = latest_checkpoint(checkpoints)
         if restore_from is not None:
@@ -110,9 +114,26 @@ def create_environment(config: Config, job_name: str, resume: bool = True) -> St
     env.set_buffer_timeout(config.network_buffer_timeout_ms)
     env.enable_checkpointing(config.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
     env.add_jars(connector.resolve().as_uri())
-    for package in JOB_PACKAGES:
-        env.add_python_file(str(PROJECT_ROOT / package))
+    env.add_python_file(str(build_job_archive(Path(config.var_dir) / "build")))
     return env
+
+
+def build_job_archive(directory: Path) -> Path:
+    """Zip the job packages' Python files into ``directory/onml-jobs.zip`` and return its path.
+
+    Flink puts each shipped directory itself on the workers' PYTHONPATH, which would
+    make ``shared/wire.py`` importable as ``wire`` rather than ``shared.wire``. A zip with
+    the packages at its top level keeps the package names the code imports.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = directory / "onml-jobs.zip"
+    partial = archive.with_suffix(".zip.partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for package in JOB_PACKAGES:
+            for source in sorted((PROJECT_ROOT / package).rglob("*.py")):
+                bundle.write(source, source.relative_to(PROJECT_ROOT).as_posix())
+    partial.replace(archive)
+    return archive
 
 
 def kafka_string_source(

@@ -68,8 +68,10 @@ def _as_array(image: Any) -> np.ndarray:
 
 def _to_grey(array: np.ndarray) -> np.ndarray:
     """Flatten alpha over white and convert to grey levels in [0, 255] as float."""
+    was_float = np.issubdtype(array.dtype, np.floating)
     array = array.astype(np.float32)
-    if array.max(initial=0.0) <= 1.0 and array.dtype != np.uint8:
+    if was_float and array.max(initial=0.0) <= 1.0:
+        # Float images in [0, 1]; integer images are already grey levels.
         array = array * 255.0
     if array.ndim == 2:
         return array

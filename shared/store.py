@@ -102,6 +102,9 @@ class ModelStore:
         """
         tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state_dict.items()}
         weights = save_safetensors(tensors)
+        # NOTE: the version is taken before the transaction, so two concurrent publishers
+        # could leave `latest` on the lower version. One training job publishes, so this
+        # does not arise in the pipeline.
         version = int(self._redis.incr(self._key("seq")))
         record = dict(metadata)
         record.update(

@@ -152,7 +152,7 @@ def _parse_object(message: bytes | str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise WireError(f"expected a JSON object, got {type(value).__name__}")
     version = value.get("v")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise WireError(f"unsupported format version {version!r}, expected {FORMAT_VERSION}")
     return value
 
@@ -179,7 +179,8 @@ def _field_pixels(value: dict[str, Any]) -> bytes:
         raise WireError("missing 'img' (expected base64 of 784 uint8 pixels)")
     try:
         pixels = binascii.a2b_base64(encoded, strict_mode=True)
-    except binascii.Error as error:
+    except (binascii.Error, ValueError) as error:
+        # Non-ASCII characters raise a plain ValueError rather than binascii.Error.
         raise WireError(f"'img' is not valid base64: {error}") from None
     if len(pixels) != IMAGE_BYTES:
         raise WireError(f"'img' holds {len(pixels)} bytes, expected {IMAGE_BYTES} (28x28 uint8)")

@@ -45,7 +45,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _start_redis(data_dir: Path, port: int, password: str) -> subprocess.Popen | None:
-    """Start redis-server and wait until it answers PING; return None if it exited early."""
+    """Start redis-server and wait until PING succeeds. Return None if the server exited early."""
     process = subprocess.Popen(
         [
             "redis-server",
@@ -72,12 +72,12 @@ def _start_redis(data_dir: Path, port: int, password: str) -> subprocess.Popen |
                 pass
         time.sleep(0.05)
     _stop(process)
-    raise RuntimeError(f"redis-server on port {port} did not answer PING within {REDIS_START_TIMEOUT_S} s")
+    raise RuntimeError(f"redis-server on port {port} did not respond to PING within {REDIS_START_TIMEOUT_S} s")
 
 
 @pytest.fixture(scope="session")
 def redis_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
-    """Start a private redis-server for the session; yield a Config that points at it."""
+    """Start a private redis-server for the session and yield a Config that points at it."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not on PATH")
 

@@ -188,7 +188,7 @@ def test_drain_resets_timer(clock):
     assert batcher.remaining_ms() == pytest.approx(20.0)
 
 
-def test_batch_after_size_flush_has_fresh_deadline(clock):
+def test_next_batch_gets_fresh_deadline(clock):
     batcher = Batcher(2, 20, clock=clock)
     batcher.add("a")
     clock.advance_ms(15)

@@ -254,11 +254,6 @@ def test_invalid_type_names_field(tmp_path, source, field, value):
     assert field in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG shared/config.py:142: _coerce calls int()/float()/str() on any value, so a "
-           "TOML float for an int field is truncated and a list or bool is silently converted",
-)
 @pytest.mark.parametrize(
     ("field", "toml_value"),
     [("max_batch_wait_ms", "2.5"), ("learning_rate", "true"), ("kafka_bootstrap", '["a:1", "b:2"]')],

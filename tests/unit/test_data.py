@@ -93,11 +93,6 @@ def test_idx_reads_gzipped_file(tmp_path):
     assert np.array_equal(read_idx(gzipped), images)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG shared/data.py:59: write_idx writes plain bytes even to a '.gz' path, "
-           "which read_idx then opens with gzip and fails",
-)
 def test_idx_round_trip_gzipped(tmp_path):
     images = random_images(4, seed=2)
     path = tmp_path / "images-idx3-ubyte.gz"
@@ -135,11 +130,6 @@ def test_idx_too_short_is_rejected(tmp_path, data):
         read_idx(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG shared/data.py:78: a file that ends inside the dimension sizes raises "
-           "struct.error instead of DataError",
-)
 def test_idx_truncated_dimensions_rejected(tmp_path):
     path = tmp_path / "short-idx3-ubyte"
     path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">I", 10))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import pickle
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 import torch
 from safetensors import SafetensorError
 
@@ -168,8 +170,6 @@ def test_store_from_config(redis_config):
 
 
 def test_connect_with_wrong_password(redis_config):
-    import redis
-
     config = redis_config.replace(redis_password="wrong-password")
 
     with pytest.raises(redis.AuthenticationError):
@@ -313,7 +313,6 @@ def test_reader_never_sees_partial_snapshot(make_store):
             # Allowed only when retention has dropped it: keep_last newer versions exist.
             if store.latest_version() - version < keep:
                 failures.append(f"version {version} not found while still within retention")
-            dropped_by_retention += 1
             continue
         except SnapshotCorruptError as error:
             failures.append(f"checksum failure: {error}")
@@ -417,8 +416,6 @@ def test_pickle_weights_are_not_executed(make_store, redis_client, tmp_path):
 
 
 def test_torch_save_weights_are_refused(make_store, redis_client):
-    import io
-
     store = make_store()
     version = store.publish(tagged_state(1), metadata(1))
     buffer = io.BytesIO()

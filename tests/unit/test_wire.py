@@ -228,10 +228,6 @@ def test_missing_version_is_rejected(kind):
     assert "version" in reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG shared/wire.py:155: 'version != FORMAT_VERSION' accepts true because True == 1",
-)
 @pytest.mark.parametrize("kind", DECODERS)
 def test_boolean_version_is_rejected(kind):
     reason = _rejection_reason(kind, _with(kind, v=True))
@@ -327,11 +323,6 @@ def test_non_base64_img_is_rejected(kind, img):
     assert "base64" in reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG shared/wire.py:181: a2b_base64 raises plain ValueError for non-ASCII text, "
-           "which the 'except binascii.Error' misses, so the jobs' 'except WireError' misses it too",
-)
 @pytest.mark.parametrize("kind", DECODERS)
 def test_non_ascii_img_is_rejected(kind):
     reason = _rejection_reason(kind, _with(kind, img="é" * 1048))
