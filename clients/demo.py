@@ -72,6 +72,31 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _check_jobs(jobs: list[JobProcess]) -> None:
+    for job in jobs:
+        if job.exit_code() is not None:
+            raise RuntimeError(f"the {job.name} job exited with status {job.exit_code()}; "
+                               f"last lines of {job.log_path}:\n{job.log_tail()}")
+
+
+def _wait_until_answering(jobs, store, producer, consumer, config, held_out, timeout_s: float = 300.0) -> None:
+    """Block until a snapshot exists and the inference job answers one probe request."""
+    from clients.streams import collect_results, send_requests
+
+    _print("waiting for the first snapshot and for the inference job to answer ...")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _check_jobs(jobs)
+        if store.latest_version() is None:
+            time.sleep(1.0)
+            continue
+        probe = send_requests(producer, config, held_out.images[:1], held_out.labels[:1])
+        if collect_results(consumer, probe, timeout_s=5.0).results:
+            return
+    raise RuntimeError(f"the pipeline did not answer a request within {timeout_s:.0f} s; "
+                       f"see {jobs[0].log_path} and {jobs[1].log_path}")
+
+
 def run_demo(
     config: Config,
     env: dict[str, str],
@@ -123,26 +148,20 @@ def run_demo(
         producer_thread.start()
         _print(f"streaming {len(train.labels)} training digits per epoch at {rate:.0f}/s; "
                f"every {interval_s:.0f} s {requests_per_round} held-out digits are sent as requests")
-        _print(f"{'time':>6}  {'version':>7}  {'samples':>8}  {'preq.acc':>8}  {'answered':>9}  "
-               f"{'held-out acc':>12}  {'p50 ms':>7}  {'p99 ms':>7}")
 
         # 4. Rounds of held-out requests, answered through the results topic.
         consumer = make_consumer(config)
         assign_at_end(consumer, config.result_topic)
         request_producer = make_producer(config)
         started = time.monotonic()
+        _wait_until_answering(jobs, store, request_producer, consumer, config, held_out)
+        _print(f"{'time':>6}  {'version':>7}  {'samples':>8}  {'preq.acc':>8}  {'answered':>9}  "
+               f"{'held-out acc':>12}  {'p50 ms':>7}  {'p99 ms':>7}")
         reached = False
         offset = 0
         while duration_s is None or time.monotonic() - started < duration_s:
-            for job in jobs:
-                if job.exit_code() is not None:
-                    _print(f"error: the {job.name} job exited with status {job.exit_code()}; "
-                           f"last lines of {job.log_path}:\n{job.log_tail()}")
-                    return 1
+            _check_jobs(jobs)
             round_started = time.monotonic()
-            if store.latest_version() is None:
-                time.sleep(1.0)
-                continue
             stop_at = min(offset + requests_per_round, len(held_out.labels))
             sent = send_requests(request_producer, config, held_out.images[offset:stop_at],
                                  held_out.labels[offset:stop_at])
@@ -166,6 +185,9 @@ def run_demo(
             time.sleep(max(0.0, interval_s - (time.monotonic() - round_started)))
         consumer.close()
         return 0
+    except RuntimeError as error:
+        _print(f"error: {error}")
+        return 1
     except KeyboardInterrupt:
         interrupted = True
         _print("\nCtrl-C: stopping the streams, the jobs and the stack ...")

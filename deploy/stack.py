@@ -248,6 +248,9 @@ class ManagedProcess:
         if pid is None:
             return False
         log.info("Stopping %s (pid %d)", self.name, pid)
+        # Each service was started in its own session, so its pid is also its process
+        # group id: signalling the group also reaches what it started (a TaskManager's
+        # Python workers, for one).
         self._signal(pid, signal.SIGTERM)
         if not _wait_until(lambda: not pid_alive(pid), timeout, interval=0.1):
             log.warning(
@@ -257,6 +260,8 @@ class ManagedProcess:
             self._signal(pid, signal.SIGKILL)
             if not _wait_until(lambda: not pid_alive(pid), 10.0, interval=0.1):
                 raise StackError(f"{self.name} (pid {pid}) is still running after SIGKILL")
+        # Children that outlive the service itself.
+        self._signal(pid, signal.SIGKILL)
         _children.pop(pid, None)
         self.pid_file.unlink(missing_ok=True)
         log.info("Stopped %s (pid %d)", self.name, pid)
@@ -264,10 +269,17 @@ class ManagedProcess:
 
     @staticmethod
     def _signal(pid: int, signum: signal.Signals) -> None:
+        """Signal the process group that ``pid`` leads, or ``pid`` alone if it leads none."""
         try:
-            os.kill(pid, signum)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signum)
+            else:
+                os.kill(pid, signum)
         except ProcessLookupError:
-            pass
+            try:
+                os.killpg(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def status(self, address: str) -> dict[str, Any]:
         pid = self.pid()

@@ -100,6 +100,13 @@ class Config:
     max_held_requests: int = 10000
     model_poll_interval_s: float = 0.5
 
+    # Gradio app ("onml app")
+    # Language of the app's text until a user switches it: "en" (English) or "zh" (Chinese).
+    app_language: str = "en"
+    # Only loopback by default: "onml app --host 0.0.0.0" exposes the app on every interface.
+    app_host: str = "127.0.0.1"
+    app_port: int = 17860
+
     def redis_secret(self) -> str:
         """Return the Redis password from the config, else from ``redis_password_file``."""
         if self.redis_password:
@@ -173,6 +180,12 @@ def _validate(config: Config) -> None:
         )
     if config.dataset not in ("mnist", "fashion-mnist"):
         raise ConfigError(f"dataset must be 'mnist' or 'fashion-mnist', got {config.dataset!r}")
+    if config.app_language not in ("en", "zh"):
+        raise ConfigError(f"app_language must be 'en' or 'zh', got {config.app_language!r}")
+    if not 1 <= config.app_port <= 65535:
+        raise ConfigError(f"app_port must be from 1 to 65535, got {config.app_port}")
+    if not config.app_host:
+        raise ConfigError("app_host must not be empty")
 
 
 def load_config(
