@@ -96,7 +96,7 @@ def stack_up(ctx: click.Context, flink: bool) -> None:
     from deploy import stack as local_stack
 
     for name, info in local_stack.up(get_config(ctx), with_flink=flink).items():
-        click.echo(f"{name:8} running  pid {info.get('pid')}  {info.get('address')}")
+        click.echo(f"{name:17} running  pid {info.get('pid'):>7}  {info.get('address')}")
 
 
 @stack.command("down")
@@ -119,7 +119,7 @@ def stack_status(ctx: click.Context) -> None:
 
     for name, info in local_stack.status(get_config(ctx)).items():
         state = "running" if info.get("running") else "stopped"
-        click.echo(f"{name:8} {state:8} pid {info.get('pid') or '-'}  {info.get('address')}")
+        click.echo(f"{name:17} {state:8} pid {info.get('pid') or '-':>7}  {info.get('address')}")
 
 
 # Data

@@ -12,6 +12,9 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Pr
 from shared.config import Config
 
 logger = logging.getLogger(__name__)
+# librdkafka's own messages (connection retries and the like) go through logging
+# instead of straight to stderr.
+_librdkafka_logger = logging.getLogger("librdkafka")
 
 
 class KafkaUnavailableError(RuntimeError):
@@ -26,6 +29,7 @@ def make_producer(config: Config, **overrides: str | int) -> Producer:
         "queue.buffering.max.messages": 1_000_000,
         "compression.type": "lz4",
         "enable.idempotence": True,
+        "logger": _librdkafka_logger,
     }
     settings.update(overrides)
     producer = Producer(settings)
@@ -46,6 +50,7 @@ def make_consumer(config: Config, group_id: str | None = None, **overrides: str 
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "fetch.wait.max.ms": 5,
+        "logger": _librdkafka_logger,
     }
     settings.update(overrides)
     return Consumer(settings)
@@ -65,7 +70,12 @@ def check_broker(config: Config, timeout_s: float = 5.0) -> None:
 
 def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> None:
     """Assign every partition of ``topic`` to ``consumer`` at its current end, so only new messages are read."""
-    metadata = consumer.list_topics(topic, timeout=timeout_s)
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s)
+    except KafkaException as error:
+        raise KafkaUnavailableError(
+            f"Kafka did not answer while looking up topic {topic!r} ({error}); start it with 'onml stack up'"
+        ) from None
     topic_metadata = metadata.topics.get(topic)
     if topic_metadata is None or topic_metadata.error is not None:
         raise KafkaUnavailableError(f"topic {topic!r} not found on {metadata.orig_broker_name}; run 'onml stack up'")
