@@ -18,7 +18,7 @@ _librdkafka_logger = logging.getLogger("librdkafka")
 
 
 class KafkaUnavailableError(RuntimeError):
-    """The broker did not answer; the message names the address and what to run."""
+    """The broker did not respond; the message names the address and what to run."""
 
 
 def make_producer(config: Config, **overrides: str | int) -> Producer:
@@ -38,7 +38,7 @@ def make_producer(config: Config, **overrides: str | int) -> Producer:
         producer.list_topics(timeout=10)
     except KafkaException as error:
         raise KafkaUnavailableError(
-            f"Kafka at {config.kafka_bootstrap} did not answer ({error}); start it with 'onml stack up'"
+            f"Kafka at {config.kafka_bootstrap} did not respond ({error}); start it with 'onml stack up'"
         ) from None
     return producer
 
@@ -63,7 +63,7 @@ def check_broker(config: Config, timeout_s: float = 5.0) -> None:
         producer.list_topics(timeout=timeout_s)
     except KafkaException as error:
         raise KafkaUnavailableError(
-            f"Kafka at {config.kafka_bootstrap} did not answer within {timeout_s:.0f} s ({error}); "
+            f"Kafka at {config.kafka_bootstrap} did not respond within {timeout_s:.0f} s ({error}); "
             "start it with 'onml stack up'"
         ) from None
 
@@ -74,7 +74,7 @@ def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> No
         metadata = consumer.list_topics(topic, timeout=timeout_s)
     except KafkaException as error:
         raise KafkaUnavailableError(
-            f"Kafka did not answer while looking up topic {topic!r} ({error}); start it with 'onml stack up'"
+            f"Kafka did not respond while looking up topic {topic!r} ({error}); start it with 'onml stack up'"
         ) from None
     topic_metadata = metadata.topics.get(topic)
     if topic_metadata is None or topic_metadata.error is not None:

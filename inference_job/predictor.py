@@ -88,7 +88,7 @@ class SnapshotWatcher:
         except Exception:
             # Weights that pass the checksum but do not fit the architecture, or an
             # unknown architecture: refuse this version and keep serving.
-            logger.exception("refused snapshot version %d: it could not be loaded", latest)
+            logger.exception("rejected snapshot version %d: it could not be loaded", latest)
             self._refused.add(latest)
             return False
         previous = self._version()

@@ -72,9 +72,9 @@ class Config:
     flink_jobmanager_rpc_port: int = 16123
     connector_jar: str = "deploy/flink/target/lib/flink-sql-connector-kafka-5.0.0-2.2.jar"
     checkpoint_interval_ms: int = 5000
-    # "process" runs Python functions in a separate worker process; "thread" runs them
-    # inside the TaskManager JVM (pemja), where importing torch hung with PyFlink 2.2.1
-    # and torch 2.15, so the jobs default to process mode.
+    # "process" runs Python functions in a separate worker process, "thread" inside the
+    # TaskManager JVM (pemja). Importing torch hung in thread mode with PyFlink 2.2.1 and
+    # torch 2.15, so the jobs default to process mode.
     python_execution_mode: str = "process"
     parallelism: int = 1
     # Records go to the Python worker in bundles of at most this many, or this many ms.

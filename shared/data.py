@@ -37,7 +37,7 @@ _IDX_UBYTE = 0x08
 
 
 class DataError(RuntimeError):
-    """A data set is missing or unreadable; the message says how to prepare it."""
+    """A data set is missing or unreadable; the message names the command that prepares it."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     expected = int(np.prod(shape))
     if body.size != expected:
-        raise DataError(f"{path} holds {body.size} values, its header says {expected}")
+        raise DataError(f"{path} holds {body.size} values but its header declares {expected}")
     return body.reshape(shape)
 
 

@@ -205,7 +205,7 @@ class ModelStore:
         digest = hashlib.sha256(weights).hexdigest()
         if digest != metadata.get("sha256"):
             logger.error(
-                "refused snapshot version=%d: weights sha256 %s does not match metadata %s",
+                "rejected snapshot version=%d: weights sha256 %s does not match metadata %s",
                 version, digest, metadata.get("sha256"),
             )
             raise SnapshotCorruptError(

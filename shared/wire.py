@@ -28,7 +28,7 @@ MAX_ID_LENGTH = 128
 
 
 class WireError(ValueError):
-    """A message does not follow the wire format; ``reason`` says which rule it broke."""
+    """A message does not follow the wire format; ``reason`` names the rule it broke."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
