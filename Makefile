@@ -23,6 +23,9 @@ unit: deps
 integration: deps
 	$(PYTEST) -q -ra -m integration tests
 
+app: deps
+	$(ONML) app
+
 stack-up: deps
 	$(ONML) stack up
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import click
 import orjson
 
+from clients.bench_cli import bench
 from shared.config import Config, ConfigError, load_config
 
 logger = logging.getLogger("onml")
@@ -405,6 +406,48 @@ def demo(ctx: click.Context, rate: float, interval: float, requests_per_round: i
                     requests_per_round=requests_per_round, duration_s=duration, target_accuracy=target,
                     keep_stack=keep_stack)
     sys.exit(code)
+
+
+# App
+
+
+@cli.command("app")
+@click.option("--host", default=None,
+              help="Interface to listen on. Default: the config's app_host (127.0.0.1, this machine only).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port to listen on. Default: the config's app_port (17860).")
+@click.option("--language", type=click.Choice(["en", "zh"]), default=None,
+              help="Language the page opens in (switchable in the page). Default: the config's app_language.")
+@click.option("--timeout", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
+              help="Seconds to wait for the inference job's answer before saying what is down.")
+@click.pass_context
+@handle_errors
+def app(ctx: click.Context, host: str | None, port: int | None, language: str | None, timeout: float) -> None:
+    """Serve the Gradio app: draw a digit, compare snapshots, watch training (Ctrl-C stops it)."""
+    from clients.app import is_loopback, start_app
+
+    config = get_config(ctx)
+    host = host or config.app_host
+    if not is_loopback(host):
+        click.echo(f"warning: the app listens on {host}, so any machine that can reach this one on port "
+                   f"{port or config.app_port} can use it; it has no login. Use --host 127.0.0.1 to keep "
+                   "it local.", err=True)
+    try:
+        running = start_app(config, host=host, port=port, language=language, timeout_s=timeout)
+    except OSError as error:
+        raise click.ClickException(f"could not serve the app on {host}:{port or config.app_port}: {error}; "
+                                   "choose another port with --port") from None
+    click.echo(f"app running at {running.url} (Ctrl-C stops it)")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        click.echo("stopping the app")
+    finally:
+        running.close()
+
+
+cli.add_command(bench)
 
 
 def main() -> None:
