@@ -89,7 +89,12 @@ def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> No
 def poll_values(consumer: Consumer, deadline_s: float, batch: int = 1000) -> Iterator[bytes]:
     """Yield message values until the monotonic ``deadline_s``; skip partition-end events, raise on errors."""
     while time.monotonic() < deadline_s:
-        messages = consumer.consume(batch, timeout=min(0.2, max(0.0, deadline_s - time.monotonic())))
+        # consume() waits for a full batch or its timeout, so wait for the first message
+        # with poll() and then take only what is already there.
+        first = consumer.poll(min(0.2, max(0.0, deadline_s - time.monotonic())))
+        if first is None:
+            continue
+        messages = [first, *(consumer.consume(batch - 1, timeout=0) if batch > 1 else [])]
         for message in messages:
             error = message.error()
             if error is not None:
