@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,12 +34,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     import redis
 
     from clients.kafka_io import KafkaUnavailableError
+    from clients.streams import DeliveryError
     from deploy.stack import StackError
     from shared.data import DataError
     from shared.store import SnapshotCorruptError, SnapshotNotFoundError
 
     return (
-        ConfigError, KafkaUnavailableError, StackError, DataError, SnapshotNotFoundError,
+        ConfigError, KafkaUnavailableError, DeliveryError, StackError, DataError, SnapshotNotFoundError,
         SnapshotCorruptError, redis.exceptions.ConnectionError, redis.exceptions.AuthenticationError,
         FileNotFoundError,
     )
@@ -395,16 +397,17 @@ def job_submit(ctx: click.Context, name: str) -> None:
 @click.option("--target", type=float, default=0.95, show_default=True,
               help="Held-out accuracy to announce when first reached.")
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka and Redis running after the demo stops.")
+@click.option("--no-app", is_flag=True, help="Do not serve the Gradio app beside the demo.")
 @click.pass_context
 @handle_errors
 def demo(ctx: click.Context, rate: float, interval: float, requests_per_round: int, duration: float | None,
-         target: float, keep_stack: bool) -> None:
+         target: float, keep_stack: bool, no_app: bool) -> None:
     """Run the whole pipeline: stack, both jobs, the training stream and rounds of held-out requests."""
     from clients.demo import run_demo
 
     code = run_demo(get_config(ctx), _job_environment(ctx), rate=rate, interval_s=interval,
                     requests_per_round=requests_per_round, duration_s=duration, target_accuracy=target,
-                    keep_stack=keep_stack)
+                    keep_stack=keep_stack, with_app=not no_app)
     sys.exit(code)
 
 
@@ -438,12 +441,15 @@ def app(ctx: click.Context, host: str | None, port: int | None, language: str | 
         raise click.ClickException(f"could not serve the app on {host}:{port or config.app_port}: {error}; "
                                    "choose another port with --port") from None
     click.echo(f"app running at {running.url} (Ctrl-C stops it)")
+    # SIGTERM stops the app as cleanly as Ctrl-C: SystemExit runs the finally block below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
-        click.echo("stopping the app")
+        pass
     finally:
+        click.echo("stopping the app")
         running.close()
 
 

@@ -107,6 +107,7 @@ def run_demo(
     duration_s: float | None,
     target_accuracy: float,
     keep_stack: bool,
+    with_app: bool = True,
 ) -> int:
     """Run the demo until Ctrl-C or ``duration_s``; return the process exit status."""
     from clients.kafka_io import assign_at_end, make_consumer, make_producer
@@ -126,13 +127,19 @@ def run_demo(
     if resumed_from is not None:
         _print(f"model store already holds version {resumed_from}: training resumes from the last checkpoint")
 
-    # 2. The two jobs, each on its own embedded mini-cluster.
+    # 2. The two jobs, each on its own embedded mini-cluster, and the app.
     jobs = [JobProcess("training", "training_job.job", config, env),
             JobProcess("inference", "inference_job.job", config, env)]
     stop = threading.Event()
     producer_thread: threading.Thread | None = None
+    app = None
     interrupted = False
     try:
+        if with_app:
+            from clients.app import start_app
+
+            app = start_app(config)
+            _print(f"app: open {app.url} to draw digits and watch training")
         for job in jobs:
             job.start()
 
@@ -197,6 +204,8 @@ def run_demo(
         stop.set()
         if producer_thread is not None:
             producer_thread.join(timeout=10)
+        if app is not None:
+            app.close()
         for job in reversed(jobs):
             job.stop()
         if not keep_stack:

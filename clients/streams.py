@@ -51,6 +51,17 @@ def drift_permutation(seed: int = 7) -> np.ndarray:
             return permutation
 
 
+class DeliveryError(RuntimeError):
+    """Messages were still undelivered when the producer's flush timed out."""
+
+
+def _flush(producer: Producer, timeout_s: float = 60.0) -> None:
+    undelivered = producer.flush(timeout_s)
+    if undelivered:
+        raise DeliveryError(f"{undelivered} messages were not delivered to Kafka within {timeout_s:.0f} s; "
+                            "check that the broker runs ('onml stack status')")
+
+
 def _produce(producer: Producer, topic: str, value: bytes) -> None:
     while True:
         try:
@@ -95,7 +106,7 @@ def stream_training(
         if sent % 1000 == 0:
             producer.poll(0)
             progress(1000)
-    producer.flush(30)
+    _flush(producer)
     progress(sent % 1000)
     return sent
 
@@ -133,7 +144,7 @@ def send_requests(
         if n % 1000 == 999:
             producer.poll(0)
             progress(1000)
-    producer.flush(30)
+    _flush(producer)
     progress(len(batch.expected) % 1000)
     return batch
 

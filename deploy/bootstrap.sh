@@ -11,8 +11,9 @@ cd "$root"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # 1. Debian packages: Redis, Fashion-MNIST's IDX files, Chromium for the browser test,
-# wrk as the HTTP load generator of the benchmarks.
-apt_packages=(redis-server dataset-fashion-mnist chromium wrk)
+# a CJK font so Chromium and the app's plots render Chinese, and wrk as the HTTP load
+# generator of the benchmarks.
+apt_packages=(redis-server dataset-fashion-mnist chromium fonts-wqy-microhei wrk)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
