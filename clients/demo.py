@@ -138,8 +138,12 @@ def run_demo(
         if with_app:
             from clients.app import start_app
 
-            app = start_app(config)
-            _print(f"app: open {app.url} to draw digits and watch training")
+            try:
+                app = start_app(config)
+                _print(f"app: open {app.url} to draw digits and watch training")
+            except OSError as error:
+                _print(f"warning: the app could not start on port {config.app_port} ({error}); "
+                       "the demo goes on without it (set ONML_APP_PORT to use another port)")
         for job in jobs:
             job.start()
 
