@@ -47,6 +47,10 @@ from shared.wire import (
 logger = logging.getLogger("onml.inference")
 
 JOB_NAME = "onml-inference"
+# The execution mode when python_execution_mode is "auto". Thread mode runs the Python
+# functions inside the TaskManager JVM and skips the copy of every record to a Python
+# worker process (docs/inference-design.md has the measurements).
+INFERENCE_MODE = "thread"
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 
 
@@ -60,18 +64,24 @@ class BatchingPredictor(KeyedProcessFunction):
     least once).
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, export_python: str) -> None:
         self.config = config
+        # The interpreter that exports a snapshot stored without an ONNX model, in a child
+        # process: in thread mode torch hangs inside the TaskManager JVM (when imported, in
+        # convolutions and when the JVM exits), so the job never imports it.
+        self.export_python = export_python
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        import torch
-
         from inference_job.predictor import SnapshotWatcher
         from shared.batching import Batcher
         from shared.store import ModelStore
 
-        torch.set_num_threads(1)
-        self.watcher = SnapshotWatcher(ModelStore.from_config(self.config), self.config.model_poll_interval_s)
+        self.watcher = SnapshotWatcher(
+            ModelStore.from_config(self.config),
+            self.config.model_poll_interval_s,
+            threads=self.config.inference_threads,
+            export_python=self.export_python,
+        )
         self.watcher.start()
         self._new_batcher = lambda: Batcher(self.config.max_batch_size, self.config.max_batch_wait_ms)
         self.batchers = {}
@@ -161,7 +171,7 @@ def build_job(env, config: Config) -> None:
     partitions = config.parallelism
     results = (
         requests.key_by(lambda value: zlib.crc32(value.encode("utf-8")) % partitions, key_type=Types.INT())
-        .process(BatchingPredictor(config), output_type=STRING)
+        .process(BatchingPredictor(config, sys.executable), output_type=STRING)
         .name("batching-predictor")
         .uid("batching-predictor")
     )
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     config = absolute_paths(load_config(args.config))
     logger.info("starting %s with config %s", JOB_NAME, config.redacted())
     # Inference keeps no state worth restoring: Kafka offsets come from the consumer group.
-    env = create_environment(config, JOB_NAME, resume=False)
+    env = create_environment(config, JOB_NAME, resume=False, auto_mode=INFERENCE_MODE)
     build_job(env, config)
     env.execute(JOB_NAME)
 

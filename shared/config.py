@@ -72,10 +72,12 @@ class Config:
     flink_jobmanager_rpc_port: int = 16123
     connector_jar: str = "deploy/flink/target/lib/flink-sql-connector-kafka-5.0.0-2.2.jar"
     checkpoint_interval_ms: int = 5000
-    # "process" runs Python functions in a separate worker process, "thread" inside the
-    # TaskManager JVM (pemja). Importing torch hung in thread mode with PyFlink 2.2.1 and
-    # torch 2.15, so the jobs default to process mode.
-    python_execution_mode: str = "process"
+    # PyFlink's Python execution mode: "process" runs Python functions in a worker process,
+    # "thread" inside the TaskManager JVM (pemja), which saves a copy of every record
+    # between the JVM and Python. "auto" runs the inference job in thread mode and the
+    # training job in process mode: in thread mode `import torch` hung (PyFlink 2.2.1,
+    # torch 2.15), and the inference job serves ONNX models without torch.
+    python_execution_mode: str = "auto"
     parallelism: int = 1
     # Records go to the Python worker in bundles of at most this many, or this many ms.
     bundle_size: int = 1000
@@ -90,7 +92,7 @@ class Config:
     snapshot_interval_s: float = 10.0
     # Prequential accuracy is measured over the last this-many samples.
     accuracy_window: int = 1000
-    architecture: str = "cnn-small-v1"
+    architecture: str = "cnn-tiny-bn-v1"
     seed: int = 0
 
     # Inference job
@@ -99,6 +101,8 @@ class Config:
     # Requests held while no snapshot exists; beyond this they go to the dead-letter topic.
     max_held_requests: int = 10000
     model_poll_interval_s: float = 0.5
+    # Threads each inference subtask gives ONNX Runtime (or torch, for a snapshot without an ONNX model).
+    inference_threads: int = 1
 
     # Gradio app ("onml app")
     # Language of the app's text until a user switches it: "en" (English) or "zh" (Chinese).
@@ -163,7 +167,7 @@ def _validate(config: Config) -> None:
     positive = (
         "topic_partitions", "train_batch_size", "snapshot_every_samples", "accuracy_window",
         "max_batch_size", "max_held_requests", "parallelism", "checkpoint_interval_ms",
-        "snapshots_kept", "bundle_size", "bundle_time_ms",
+        "snapshots_kept", "bundle_size", "bundle_time_ms", "inference_threads",
     )
     for name in positive:
         if getattr(config, name) < 1:
@@ -174,9 +178,9 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"max_batch_wait_ms must be 0 or more, got {config.max_batch_wait_ms}")
     if config.snapshot_interval_s <= 0:
         raise ConfigError(f"snapshot_interval_s must be above 0, got {config.snapshot_interval_s}")
-    if config.python_execution_mode not in ("thread", "process"):
+    if config.python_execution_mode not in ("auto", "thread", "process"):
         raise ConfigError(
-            f"python_execution_mode must be 'thread' or 'process', got {config.python_execution_mode!r}"
+            f"python_execution_mode must be 'auto', 'thread' or 'process', got {config.python_execution_mode!r}"
         )
     if config.dataset not in ("mnist", "fashion-mnist"):
         raise ConfigError(f"dataset must be 'mnist' or 'fashion-mnist', got {config.dataset!r}")

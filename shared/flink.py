@@ -64,11 +64,20 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return max(completed, key=lambda path: path.stat().st_mtime)
 
 
-def create_environment(config: Config, job_name: str, resume: bool = True) -> StreamExecutionEnvironment:
+def execution_mode(config: Config, auto_mode: str) -> str:
+    """Return the PyFlink execution mode of a job: ``auto_mode`` when ``python_execution_mode`` is "auto"."""
+    return auto_mode if config.python_execution_mode == "auto" else config.python_execution_mode
+
+
+def create_environment(
+    config: Config, job_name: str, resume: bool = True, auto_mode: str = "process"
+) -> StreamExecutionEnvironment:
     """Create a stream environment with checkpointing, Python settings and the Kafka connector.
 
     With ``resume`` the job restores from the newest retained checkpoint of ``job_name``,
-    so a killed job continues where its last checkpoint left it.
+    so a killed job continues where its last checkpoint left it. The job runs in the
+    execution mode of :func:`execution_mode`, which is ``auto_mode`` when the config's
+    ``python_execution_mode`` is "auto".
     """
     connector = Path(config.connector_jar)
     if not connector.is_file():
@@ -77,17 +86,18 @@ def create_environment(config: Config, job_name: str, resume: bool = True) -> St
             "(mvn -q -B -f deploy/flink/pom.xml package) to fetch it"
         )
 
-    if config.python_execution_mode == "thread":
-        # Thread mode runs Python inside the TaskManager JVM, which finds pemja and the
-        # rest of the virtualenv only through PYTHONPATH.
-        existing = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = os.pathsep.join([*site.getsitepackages(), *([existing] if existing else [])])
+    mode = execution_mode(config, auto_mode)
+    settings = Configuration()
+    if mode == "thread":
+        # Thread mode runs Python inside the TaskManager JVM, whose interpreter finds pemja
+        # and the rest of the virtualenv only through this path (without it: "No module
+        # named 'pemja'"). The path must exist on the TaskManager's machine.
+        settings.set_string("python.pythonpath", os.pathsep.join(site.getsitepackages()))
 
     checkpoints = checkpoint_dir(config, job_name)
-    settings = Configuration()
     settings.set_string("python.executable", sys.executable)
     settings.set_string("python.client.executable", sys.executable)
-    settings.set_string("python.execution-mode", config.python_execution_mode)
+    settings.set_string("python.execution-mode", mode)
     # Process mode hands records to the Python worker in bundles and runs timers only
     # between bundles, so a short bundle time is what bounds the latency of a lone request.
     settings.set_string("python.fn-execution.bundle.time", str(config.bundle_time_ms))

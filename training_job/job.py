@@ -128,10 +128,19 @@ class OnlineTrainer(KeyedProcessFunction):
         self.timer_registered = True
 
     def _publish(self) -> None:
+        from shared.model import export_onnx
+
         metadata = self.learner.snapshot_metadata()
         metadata["trained_until"] = time.time()
+        state_dict = self.learner.model.state_dict()
         try:
-            self.store.publish(self.learner.model.state_dict(), metadata)
+            onnx_model = export_onnx(self.learner.architecture, state_dict)
+        except Exception:
+            # Publish the snapshot anyway: the inference job serves one without an ONNX model with torch.
+            logger.exception("exporting the model to ONNX failed; publishing the snapshot without an ONNX model")
+            onnx_model = None
+        try:
+            self.store.publish(state_dict, metadata, onnx_model=onnx_model, with_onnx=False)
         except Exception:
             # A store outage must not kill training: the next snapshot retries.
             logger.exception("publishing a snapshot failed; training goes on and retries at the next one")

@@ -20,7 +20,8 @@ from clients.kafka_io import assign_at_end, make_consumer, make_producer, poll_v
 from clients.streams import collect_results, send_requests, stream_training
 from shared.config import Config
 from shared.data import load_split, prepare
-from shared.flink import checkpoint_dir, latest_checkpoint
+from inference_job.job import INFERENCE_MODE
+from shared.flink import checkpoint_dir, execution_mode, latest_checkpoint
 from shared.store import ModelStore
 from shared.wire import decode_dead_letter, encode_request
 
@@ -100,6 +101,11 @@ def test_pipeline_trains_and_answers_held_out(pipeline_config, jobs, store, held
     assert sent == TRAINING_SAMPLES
     wait_for(lambda: (v := store.latest_version()) and store.metadata(v)["samples_seen"] >= TRAINING_SAMPLES,
              240, f"a snapshot trained on {TRAINING_SAMPLES} samples")
+    # The training job publishes every snapshot with an ONNX model, which the inference job
+    # serves in thread mode without torch.
+    latest = store.load_bytes()
+    assert latest.onnx_model is not None
+    assert latest.metadata["architecture"] == config.architecture
 
     early_results = collect_results(consumer, early, timeout_s=60)
     assert len(early_results.results) == 100, "held requests were not all answered"
@@ -147,6 +153,34 @@ def test_new_snapshot_is_served_without_restart(pipeline_config, jobs, store, he
     consumer.close()
     assert inference.exit_code() is None
     assert inference.pid == pid_before
+
+
+def test_snapshot_without_onnx_is_served_in_thread_mode(pipeline_config, jobs, store, held_out):
+    # A publisher that stores no ONNX model, as publishers did before it existed, leaves
+    # only the weights. The inference job, in thread mode by default, serves them with torch.
+    config = pipeline_config
+    assert execution_mode(config, INFERENCE_MODE) == "thread"
+    inference = jobs["inference"]
+    current = store.load()
+    metadata = {key: current.metadata[key] for key in ("architecture", "samples_seen", "accuracy")}
+    metadata["note"] = "published without an ONNX model by the integration test"
+    old_style = store.publish(current.state_dict, metadata, with_onnx=False)
+    assert store.load_bytes(old_style).onnx_model is None
+
+    consumer = results_consumer(config)
+    producer = make_producer(config)
+    collected = {}
+
+    def served_by_old_style_version():
+        sent = send_requests(producer, config, held_out.images[:50], held_out.labels[:50])
+        collected["last"] = collect_results(consumer, sent, timeout_s=20).summary(sent)
+        return collected["last"]["model_versions"] == {old_style: 50}
+
+    wait_for(served_by_old_style_version, 90, f"results from version {old_style}", interval_s=0.0)
+    consumer.close()
+
+    assert collected["last"]["accuracy"] >= 0.90, collected["last"]
+    assert inference.exit_code() is None
 
 
 def test_malformed_requests_go_to_dead_letter(pipeline_config, jobs, held_out):

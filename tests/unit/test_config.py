@@ -308,6 +308,8 @@ def test_out_of_range_value_is_rejected(field, value):
         ("network_buffer_timeout_ms", 0),
         ("snapshot_interval_s", 0.01),
         ("python_execution_mode", "thread"),
+        ("python_execution_mode", "process"),
+        ("python_execution_mode", "auto"),
         ("dataset", "fashion-mnist"),
     ],
 )

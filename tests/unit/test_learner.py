@@ -16,6 +16,7 @@ from shared.preprocess import to_model_input
 from training_job.learner import OnlineLearner
 
 ARCHITECTURE = "cnn-small-v1"
+ALL_ARCHITECTURES = ["cnn-small-v1", "cnn-tiny-bn-v1"]
 
 
 def square_digits(count: int, rng: np.random.Generator, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -125,8 +126,9 @@ def test_accuracy_window_keeps_last_samples(rng):
     assert learner.prequential_accuracy == expected_hits / 8
 
 
-def test_separable_stream_is_learned(rng):
-    learner = OnlineLearner(ARCHITECTURE, 1e-3, 160, seed=0)
+@pytest.mark.parametrize("architecture", ALL_ARCHITECTURES)
+def test_separable_stream_is_learned(rng, architecture):
+    learner = OnlineLearner(architecture, 1e-3, 160, seed=0)
 
     for _ in range(25):
         learner.learn_batch(*square_digits(32, rng))
@@ -178,11 +180,14 @@ def test_state_round_trip_restores_counters(rng):
     assert target.prequential_accuracy == source.prequential_accuracy
 
 
-def test_state_round_trip_continues_identically(rng):
-    source = OnlineLearner(ARCHITECTURE, 1e-3, 100, seed=0)
+@pytest.mark.parametrize("architecture", ALL_ARCHITECTURES)
+def test_state_round_trip_continues_identically(rng, architecture):
+    # For the batch-norm architecture this also covers the running statistics, which are
+    # buffers rather than parameters.
+    source = OnlineLearner(architecture, 1e-3, 100, seed=0)
     for _ in range(3):
         source.learn_batch(*square_digits(16, rng))
-    target = OnlineLearner(ARCHITECTURE, 1e-3, 100, seed=1)
+    target = OnlineLearner(architecture, 1e-3, 100, seed=1)
     target.load_state_bytes(source.state_bytes())
     images, labels = square_digits(16, rng)
 

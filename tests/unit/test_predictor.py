@@ -3,25 +3,54 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from inference_job.predictor import SnapshotWatcher, load_model
+import inference_job.predictor as predictor
+from inference_job.predictor import (
+    LoadedModel,
+    OnnxModel,
+    SnapshotWatcher,
+    TorchModel,
+    export_onnx_in_child,
+    load_model,
+)
 from shared.model import build_model
 from shared.preprocess import to_model_input
 
 ARCHITECTURE = "cnn-small-v1"
 PICKUP_TIMEOUT_S = 5.0
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def publish_model(store, seed: int) -> tuple[int, torch.nn.Module]:
-    """Publish an untrained model with the given seed and return its version and the module."""
+def publish_model(store, seed: int, with_onnx: bool = True) -> tuple[int, torch.nn.Module]:
+    """Publish an untrained model with the given seed and return its version and the module.
+
+    ``with_onnx=False`` publishes it as the training job did before snapshots carried an ONNX model.
+    """
     model = build_model(ARCHITECTURE, seed=seed)
-    version = store.publish(model.state_dict(), {"architecture": ARCHITECTURE, "samples_seen": seed, "accuracy": None})
+    version = store.publish(model.state_dict(), {"architecture": ARCHITECTURE, "samples_seen": seed, "accuracy": None},
+                            with_onnx=with_onnx)
     return version, model
+
+
+def torch_probabilities(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(model.eval()(to_model_input(images)), dim=1).numpy()
+
+
+def corrupt_onnx(redis_client, store, version: int) -> None:
+    key = store._onnx_key(version)
+    onnx_model = bytearray(redis_client.get(key))
+    onnx_model[-1] ^= 0xFF
+    redis_client.set(key, bytes(onnx_model))
 
 
 def corrupt_weights(redis_client, store, version: int) -> None:
@@ -102,11 +131,136 @@ def test_load_model_by_version(make_store):
     assert loaded.metadata["samples_seen"] == 1
 
 
-def test_loaded_module_in_eval_mode(make_store):
+def test_loaded_model_uses_onnx_runtime(make_store):
     store = make_store()
     publish_model(store, seed=1)
 
-    assert not load_model(store).module.training
+    loaded = load_model(store)
+
+    assert isinstance(loaded, OnnxModel)
+    assert loaded.runtime.startswith("onnxruntime ")
+
+
+def test_predict_accepts_flat_images(make_store, images):
+    store = make_store()
+    publish_model(store, seed=3)
+    loaded = load_model(store)
+
+    flat = loaded.predict(images.reshape(len(images), 784))
+
+    assert np.array_equal(flat, loaded.predict(images))
+
+
+def test_predict_rejects_float_images(make_store, images):
+    store = make_store()
+    publish_model(store, seed=3)
+
+    with pytest.raises(TypeError):
+        load_model(store).predict(images.astype(np.float32))
+
+
+def test_old_snapshot_served_with_torch(make_store, images):
+    store = make_store()
+    version, source = publish_model(store, seed=3, with_onnx=False)
+
+    loaded = load_model(store)
+
+    assert isinstance(loaded, TorchModel)
+    assert loaded.version == version
+    assert loaded.runtime.startswith("torch ")
+    assert not loaded.module.training
+    assert np.allclose(loaded.predict(images), torch_probabilities(source, images), atol=1e-6, rtol=0)
+
+
+def test_loaded_model_built_from_module(images):
+    # Other modules build the torch-backed model directly, under its earlier name.
+    module = build_model(ARCHITECTURE, seed=3).eval()
+
+    loaded = LoadedModel(7, {"architecture": ARCHITECTURE}, module)
+
+    assert loaded.version == 7
+    assert loaded.runtime.startswith("torch ")
+    assert np.allclose(loaded.predict(images), torch_probabilities(module, images), atol=1e-6, rtol=0)
+
+
+def test_unfitting_weights_fail_at_load(make_store):
+    # publish() cannot export weights that do not fit the architecture, so it stores them
+    # without an ONNX model, and loading them fails as it did before ONNX models existed.
+    store = make_store()
+    version = store.publish({"unexpected": torch.zeros(2)},
+                            {"architecture": ARCHITECTURE, "samples_seen": 0, "accuracy": None})
+
+    assert "onnx_sha256" not in store.metadata(version)
+    with pytest.raises(RuntimeError):
+        load_model(store, version)
+
+
+def test_old_snapshot_exported_in_child(make_store, images):
+    store = make_store()
+    version, source = publish_model(store, seed=3, with_onnx=False)
+
+    loaded = load_model(store, export_python=sys.executable)
+
+    assert isinstance(loaded, OnnxModel)
+    assert loaded.version == version
+    assert np.allclose(loaded.predict(images), torch_probabilities(source, images), atol=1e-6, rtol=0)
+
+
+def test_child_export_failure_raises(make_store):
+    store = make_store()
+    version = store.publish({"unexpected": torch.zeros(2)},
+                            {"architecture": ARCHITECTURE, "samples_seen": 0, "accuracy": None})
+
+    with pytest.raises(RuntimeError) as caught:
+        export_onnx_in_child(store.load_bytes(version), sys.executable)
+
+    assert str(version) in str(caught.value)
+    assert "exit status" in str(caught.value)
+
+
+def test_onnx_and_torch_serving_agree(make_store, images):
+    store = make_store()
+    model = build_model(ARCHITECTURE, seed=5)
+    metadata = {"architecture": ARCHITECTURE, "samples_seen": 0, "accuracy": None}
+    with_onnx = store.publish(model.state_dict(), metadata)
+    without_onnx = store.publish(model.state_dict(), metadata, with_onnx=False)
+
+    onnx_probabilities = load_model(store, with_onnx).predict(images)
+    torch_served = load_model(store, without_onnx).predict(images)
+
+    assert np.allclose(onnx_probabilities, torch_served, atol=1e-6, rtol=0)
+
+
+def test_serving_does_not_import_torch(redis_config):
+    # In PyFlink's thread mode torch hung inside the TaskManager JVM, so the inference job
+    # must serve both kinds of snapshot without importing it.
+    from shared.store import ModelStore
+
+    store = ModelStore.from_config(redis_config.replace(model_key_prefix="test:no-torch"))
+    metadata = {"architecture": ARCHITECTURE, "samples_seen": 0, "accuracy": None}
+    version = store.publish(build_model(ARCHITECTURE, seed=1).state_dict(), metadata)
+    old_style = store.publish(build_model(ARCHITECTURE, seed=2).state_dict(), metadata, with_onnx=False)
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from inference_job.predictor import load_model\n"
+        "from shared.store import ModelStore, connect_redis\n"
+        "from shared.config import load_config\n"
+        f"config = load_config(overrides={{'redis_port': {redis_config.redis_port}, "
+        f"'redis_password': {redis_config.redis_secret()!r}}}, read_env=False, read_file=False)\n"
+        "store = ModelStore(connect_redis(config), 'test:no-torch')\n"
+        f"model = load_model(store, {version})\n"
+        "probabilities = model.predict(np.zeros((3, 28, 28), dtype=np.uint8))\n"
+        "assert probabilities.shape == (3, 10), probabilities.shape\n"
+        f"exported = load_model(store, {old_style}, export_python=sys.executable)\n"
+        "assert exported.predict(np.zeros((3, 28, 28), dtype=np.uint8)).shape == (3, 10)\n"
+        "assert 'torch' not in sys.modules, 'serving a snapshot imported torch'\n"
+    )
+
+    completed = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                               timeout=60)
+
+    assert completed.returncode == 0, completed.stderr
 
 
 # SnapshotWatcher.poll_once
@@ -207,6 +361,62 @@ def test_poll_survives_unbuildable_snapshot(make_store, watcher_factory):
     assert watcher.current().version == first
 
 
+def test_poll_refuses_corrupt_onnx(make_store, watcher_factory, redis_client, images):
+    store = make_store()
+    watcher = watcher_factory(store)
+    first, source = publish_model(store, seed=1)
+    watcher.poll_once()
+    second, _ = publish_model(store, seed=2)
+    corrupt_onnx(redis_client, store, second)
+
+    swapped = watcher.poll_once()
+
+    assert swapped is False
+    assert watcher.current().version == first
+    assert np.allclose(watcher.current().predict(images), torch_probabilities(source, images), atol=1e-6, rtol=0)
+
+
+def test_poll_exports_old_snapshot_in_child(make_store, watcher_factory, images):
+    store = make_store()
+    watcher = SnapshotWatcher(store, 0.05, export_python=sys.executable)
+    version, source = publish_model(store, seed=1, with_onnx=False)
+
+    assert watcher.poll_once() is True
+
+    assert watcher.current().version == version
+    assert watcher.current().runtime.startswith("onnxruntime ")
+    assert np.allclose(watcher.current().predict(images), torch_probabilities(source, images), atol=1e-6, rtol=0)
+
+
+def test_poll_survives_unloadable_onnx(make_store, watcher_factory, caplog):
+    # The checksum matches, but ONNX Runtime cannot parse the bytes.
+    store = make_store()
+    watcher = watcher_factory(store)
+    first, model = publish_model(store, seed=1)
+    watcher.poll_once()
+    second = store.publish(model.state_dict(), {"architecture": ARCHITECTURE, "samples_seen": 0, "accuracy": None},
+                           onnx_model=b"not an ONNX graph")
+
+    with caplog.at_level(logging.ERROR):
+        swapped = watcher.poll_once()
+
+    assert swapped is False
+    assert watcher.current().version == first
+    assert any(str(second) in record.getMessage() for record in caplog.records if record.levelno == logging.ERROR)
+
+
+def test_poll_serves_old_snapshot_with_torch(make_store, watcher_factory, images):
+    store = make_store()
+    watcher = watcher_factory(store)
+    version, source = publish_model(store, seed=1, with_onnx=False)
+
+    assert watcher.poll_once() is True
+
+    assert watcher.current().version == version
+    assert watcher.current().runtime.startswith("torch ")
+    assert np.allclose(watcher.current().predict(images), torch_probabilities(source, images), atol=1e-6, rtol=0)
+
+
 # SnapshotWatcher thread
 
 
@@ -217,6 +427,26 @@ def test_start_loads_existing_snapshot(make_store, watcher_factory):
     watcher = watcher_factory(store, poll_interval_s=60.0).start()
 
     assert watcher.current().version == version
+
+
+def test_start_loads_on_watcher_thread(make_store, watcher_factory, monkeypatch):
+    # In PyFlink's thread mode importing a pybind11 module such as onnxruntime hung on the
+    # operator's thread, so even the first load must run on the watcher's own thread.
+    store = make_store()
+    publish_model(store, seed=1)
+    loading_threads = []
+    real_load_model = predictor.load_model
+
+    def recording_load_model(*args, **kwargs):
+        loading_threads.append(threading.current_thread())
+        return real_load_model(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "load_model", recording_load_model)
+
+    watcher = watcher_factory(store, poll_interval_s=60.0).start()
+
+    assert watcher.current() is not None
+    assert loading_threads == [watcher._thread]
 
 
 def test_thread_picks_up_new_version(make_store, watcher_factory):

@@ -6,6 +6,8 @@ import hashlib
 import io
 import logging
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,11 @@ from safetensors import SafetensorError
 from shared.model import build_model
 from shared.store import ModelStore, SnapshotCorruptError, SnapshotNotFoundError, connect_redis
 
-ARCHITECTURE = "cnn-small-v1"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# Not a registered architecture, so publish() stores these tensors without exporting an ONNX model.
+ARCHITECTURE = "test-tensors"
+MODEL_ARCHITECTURE = "cnn-small-v1"
 
 
 def tagged_state(tag: int) -> dict[str, torch.Tensor]:
@@ -27,8 +33,13 @@ def tagged_state(tag: int) -> dict[str, torch.Tensor]:
     return {"layer.weight": torch.full((3, 4), float(tag)), "layer.bias": torch.full((3,), float(tag))}
 
 
-def metadata(tag: int = 0) -> dict:
-    return {"architecture": ARCHITECTURE, "samples_seen": 32 * tag, "accuracy": 0.5, "tag": tag}
+def metadata(tag: int = 0, architecture: str = ARCHITECTURE) -> dict:
+    return {"architecture": architecture, "samples_seen": 32 * tag, "accuracy": 0.5, "tag": tag}
+
+
+def tagged_onnx(tag: int) -> bytes:
+    """Return stand-in ONNX bytes for snapshot ``tag``; the store checks checksums, not the graph."""
+    return f"onnx-{tag}".encode()
 
 
 # Publishing and loading
@@ -128,7 +139,7 @@ def test_metadata_of_unknown_version(make_store):
 
 def test_state_dict_round_trips_exactly(make_store):
     store = make_store()
-    model = build_model(ARCHITECTURE, seed=7)
+    model = build_model(MODEL_ARCHITECTURE, seed=7)
     state = model.state_dict()
 
     version = store.publish(state, metadata())
@@ -158,6 +169,112 @@ def test_publish_accepts_non_contiguous_tensor(make_store):
     version = store.publish({"w": weight}, metadata())
 
     assert torch.equal(store.load(version).state_dict["w"], weight)
+
+
+# ONNX model
+
+
+def test_publish_exports_onnx_for_registered_architecture(make_store, redis_client):
+    store = make_store()
+    model = build_model(MODEL_ARCHITECTURE, seed=7)
+
+    version = store.publish(model.state_dict(), metadata(architecture=MODEL_ARCHITECTURE))
+    record = store.metadata(version)
+    stored = redis_client.get(store._onnx_key(version))
+
+    assert stored is not None
+    assert record["onnx_sha256"] == hashlib.sha256(stored).hexdigest()
+    assert record["onnx_size_bytes"] == len(stored)
+    assert store.load(version).onnx_model == stored
+    assert store.load_bytes(version).onnx_model == stored
+
+
+def test_publish_stores_given_onnx(make_store):
+    store = make_store()
+
+    version = store.publish(tagged_state(2), metadata(2), onnx_model=tagged_onnx(2))
+
+    assert store.load_bytes(version).onnx_model == tagged_onnx(2)
+    assert store.load(version).onnx_model == tagged_onnx(2)
+
+
+def test_publish_without_onnx(make_store, redis_client):
+    store = make_store()
+    model = build_model(MODEL_ARCHITECTURE, seed=7)
+
+    version = store.publish(model.state_dict(), metadata(architecture=MODEL_ARCHITECTURE), with_onnx=False)
+    record = store.metadata(version)
+
+    assert "onnx_sha256" not in record
+    assert "onnx_size_bytes" not in record
+    assert redis_client.exists(store._onnx_key(version)) == 0
+    assert store.load_bytes(version).onnx_model is None
+    assert store.load(version).onnx_model is None
+
+
+def test_failed_export_publishes_without_onnx(make_store, caplog):
+    store = make_store()
+
+    with caplog.at_level(logging.WARNING, logger="shared.store"):
+        version = store.publish(tagged_state(1), metadata(1, architecture=MODEL_ARCHITECTURE))
+
+    assert "onnx_sha256" not in store.metadata(version)
+    assert store.load(version).onnx_model is None
+    assert any("ONNX" in record.getMessage() for record in caplog.records if record.levelno == logging.WARNING)
+
+
+def test_unregistered_architecture_has_no_onnx(make_store):
+    store = make_store()
+
+    version = store.publish(tagged_state(1), metadata(1))
+
+    assert "onnx_sha256" not in store.metadata(version)
+    assert store.load(version).onnx_model is None
+
+
+def test_metadata_cannot_claim_onnx(make_store):
+    store = make_store()
+    forged = dict(metadata(1), onnx_sha256="0" * 64, onnx_size_bytes=10)
+
+    version = store.publish(tagged_state(1), forged)
+    record = store.metadata(version)
+
+    assert "onnx_sha256" not in record
+    assert "onnx_size_bytes" not in record
+    assert store.load(version).onnx_model is None
+
+
+def test_load_bytes_returns_stored_bytes(make_store, redis_client):
+    store = make_store()
+    version = store.publish(tagged_state(4), metadata(4), onnx_model=tagged_onnx(4))
+
+    raw = store.load_bytes()
+
+    assert raw.version == version
+    assert raw.metadata["tag"] == 4
+    assert raw.weights == redis_client.get(store._weights_key(version))
+    assert raw.onnx_model == tagged_onnx(4)
+
+
+def test_load_bytes_of_unknown_version(make_store):
+    store = make_store()
+    version = store.publish(tagged_state(1), metadata(1))
+
+    with pytest.raises(SnapshotNotFoundError):
+        store.load_bytes(version + 1)
+
+
+def test_store_import_leaves_torch_out():
+    # The inference job imports the store in thread mode, where importing torch hung.
+    code = (
+        "import sys\n"
+        "import shared.store\n"
+        "assert 'torch' not in sys.modules, 'shared.store imported torch'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                               timeout=60)
+
+    assert completed.returncode == 0, completed.stderr
 
 
 def test_store_from_config(redis_config):
@@ -233,11 +350,11 @@ def test_dropped_version_is_not_found(make_store):
 
 def test_retention_deletes_keys(make_store, redis_client):
     store = make_store(keep_last=1)
-    first = store.publish(tagged_state(0), metadata(0))
+    first = store.publish(tagged_state(0), metadata(0), onnx_model=tagged_onnx(0))
 
     store.publish(tagged_state(1), metadata(1))
 
-    assert redis_client.exists(store._weights_key(first), store._meta_key(first)) == 0
+    assert redis_client.exists(store._weights_key(first), store._meta_key(first), store._onnx_key(first)) == 0
 
 
 def test_pin_unknown_version(make_store):
@@ -284,8 +401,8 @@ def test_stores_with_other_prefixes_are_separate(make_store):
 def test_reader_never_sees_partial_snapshot(make_store):
     """One thread publishes 200 snapshots while another loads the latest one in a loop.
 
-    Each snapshot's weights and metadata carry the same tag, so a reader that got the
-    weights of one write and the metadata of another would see two different tags.
+    Each snapshot's weights, ONNX model and metadata carry the same tag, so a reader that
+    got one part of one write and another part of another would see two different tags.
     """
     keep = 3
     publishes = 200
@@ -298,7 +415,7 @@ def test_reader_never_sees_partial_snapshot(make_store):
     def publish_all() -> None:
         try:
             for tag in range(publishes):
-                store.publish(tagged_state(tag), metadata(tag))
+                store.publish(tagged_state(tag), metadata(tag), onnx_model=tagged_onnx(tag))
         finally:
             done.set()
 
@@ -324,6 +441,8 @@ def test_reader_never_sees_partial_snapshot(make_store):
         for name, tensor in snapshot.state_dict.items():
             if not torch.all(tensor == float(tag)):
                 failures.append(f"version {version}: {name} does not match metadata tag {tag}")
+        if tag >= 0 and snapshot.onnx_model != tagged_onnx(tag):
+            failures.append(f"version {version}: ONNX model {snapshot.onnx_model!r} does not match metadata tag {tag}")
     publisher.join(timeout=30)
 
     assert not publisher.is_alive()
@@ -362,6 +481,46 @@ def test_missing_checksum_is_refused(make_store, redis_client):
 
     with pytest.raises(SnapshotCorruptError):
         store.load(version)
+
+
+def test_corrupt_onnx_is_refused(make_store, redis_client, caplog):
+    store = make_store()
+    version = store.publish(tagged_state(3), metadata(3), onnx_model=tagged_onnx(3))
+    onnx_model = bytearray(redis_client.get(store._onnx_key(version)))
+    onnx_model[-1] ^= 0xFF
+    redis_client.set(store._onnx_key(version), bytes(onnx_model))
+
+    with caplog.at_level(logging.ERROR, logger="shared.store"):
+        with pytest.raises(SnapshotCorruptError) as caught:
+            store.load_bytes(version)
+        with pytest.raises(SnapshotCorruptError):
+            store.load(version)
+
+    assert str(version) in str(caught.value)
+    assert "ONNX" in str(caught.value)
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR and record.name == "shared.store"]
+    assert errors
+    assert all(str(version) in record.getMessage() for record in errors)
+
+
+def test_missing_onnx_is_refused(make_store, redis_client):
+    store = make_store()
+    version = store.publish(tagged_state(3), metadata(3), onnx_model=tagged_onnx(3))
+    redis_client.delete(store._onnx_key(version))
+
+    with pytest.raises(SnapshotCorruptError) as caught:
+        store.load_bytes(version)
+
+    assert "ONNX" in str(caught.value)
+
+
+def test_unlisted_onnx_bytes_are_ignored(make_store, redis_client):
+    # Bytes without a checksum in the metadata cannot be trusted, so they are not served.
+    store = make_store()
+    version = store.publish(tagged_state(3), metadata(3))
+    redis_client.set(store._onnx_key(version), tagged_onnx(3))
+
+    assert store.load_bytes(version).onnx_model is None
 
 
 class _OpensFile:
