@@ -59,6 +59,12 @@ class JobProcess:
                            self.name, self._process.pid, timeout_s)
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait(timeout_s)
+        # The job's JVM may ignore SIGTERM and outlive the Python process that started
+        # it; it is still in the group, so end whatever is left of the group.
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         logger.info("stopped %s job (pid %d)", self.name, self._process.pid)
 
     def log_tail(self, lines: int = 15) -> str:
