@@ -68,14 +68,22 @@ class OnlineTrainer(KeyedProcessFunction):
 
     def _restore(self) -> None:
         """Load the learner and the unfinished mini-batch from keyed state, or start fresh."""
+        from training_job.learner import ArchitectureMismatchError
+
         self.learner = self._new_learner()
         saved = self.learner_state.value()
         if saved is not None:
-            self.learner.load_state_bytes(saved)
-            logger.info(
-                "restored learner from state: samples_seen=%d accuracy=%s",
-                self.learner.samples_seen, self.learner.prequential_accuracy,
-            )
+            try:
+                self.learner.load_state_bytes(saved)
+                logger.info(
+                    "restored learner from state: samples_seen=%d accuracy=%s",
+                    self.learner.samples_seen, self.learner.prequential_accuracy,
+                )
+            except ArchitectureMismatchError as error:
+                # The configured architecture changed since the checkpoint: a new model
+                # starts, and the snapshots of the old one stay readable in the store.
+                logger.warning("starting a new %s model from scratch: %s", self.config.architecture, error)
+                self.learner = self._new_learner()
         self.pending = list(self.pending_state.get() or [])
         self.samples_at_last_snapshot = self.learner.samples_seen
 

@@ -19,6 +19,10 @@ from shared.model import build_model
 from shared.preprocess import to_model_input
 
 
+class ArchitectureMismatchError(ValueError):
+    """Saved learner state belongs to a different model architecture than the learner's."""
+
+
 class OnlineLearner:
     """A model, its optimizer and prequential accuracy, with state that round-trips through bytes."""
 
@@ -82,6 +86,7 @@ class OnlineLearner:
         buffer = io.BytesIO()
         torch.save(
             {
+                "architecture": self.architecture,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "samples_seen": self.samples_seen,
@@ -93,9 +98,23 @@ class OnlineLearner:
         return buffer.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
+        """Restore state written by :meth:`state_bytes`.
+
+        Raises :class:`ArchitectureMismatchError` when the state belongs to another
+        architecture, and leaves this learner unchanged then.
+        """
         # weights_only=True restricts unpickling to tensors and plain containers.
         state = torch.load(io.BytesIO(data), weights_only=True)
-        self.model.load_state_dict(state["model"])
+        saved_architecture = state.get("architecture")
+        if saved_architecture is not None and saved_architecture != self.architecture:
+            raise ArchitectureMismatchError(
+                f"the saved state is a {saved_architecture} model, the learner a {self.architecture}"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            # State saved before the architecture was recorded: the shapes tell.
+            raise ArchitectureMismatchError(f"the saved weights do not fit {self.architecture}: {error}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.samples_seen = int(state["samples_seen"])
         self.batches_seen = int(state["batches_seen"])

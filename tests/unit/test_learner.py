@@ -250,3 +250,18 @@ def test_state_bytes_refuse_code(tmp_path):
         learner.load_state_bytes(buffer.getvalue())
 
     assert not marker.exists()
+
+
+def test_state_of_other_architecture_rejected():
+    from training_job.learner import ArchitectureMismatchError, OnlineLearner
+
+    small = OnlineLearner("cnn-small-v1", 1e-3, 100, seed=0)
+    tiny = OnlineLearner("cnn-tiny-bn-v1", 1e-3, 100, seed=0)
+    before = {name: tensor.clone() for name, tensor in tiny.model.state_dict().items()}
+
+    with pytest.raises(ArchitectureMismatchError):
+        tiny.load_state_bytes(small.state_bytes())
+
+    after = tiny.model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert tiny.samples_seen == 0
