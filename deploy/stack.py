@@ -778,7 +778,9 @@ class FlinkCluster:
         try:
             taskmanager_pid = self.taskmanager.start(
                 [str(self.home / "bin" / "taskmanager.sh"), "start-foreground"],
-                lambda: (self._overview() or {}).get("taskmanagers", 0) >= 1,
+                # A TaskManager is listed a moment before its slots are, and a job
+                # submitted in between waits for resources: ready means slots too.
+                lambda: (self._overview() or {}).get("slots-total", 0) >= self.task_slots,
                 timeout=self.start_timeout,
                 address=self.address,
                 env=env,
