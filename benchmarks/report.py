@@ -146,6 +146,11 @@ def plot_throughput_vs_batch(path: Path, series: Mapping[str, Sequence[tuple[int
     axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("batch size (max_batch_size for the jobs)")
     axes.set_ylabel("requests/s")
+    return _save_figure(pyplot, figure, axes, title, path)
+
+
+def _save_figure(pyplot, figure, axes, title: str, path: Path) -> Path:
+    """Title, grid and legend the axes, then write the figure as a PNG and close it."""
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
@@ -172,11 +177,4 @@ def plot_latency_vs_rate(path: Path, steps: Sequence[Mapping[str, Any]], title: 
     axes.set_yscale("log")
     axes.yaxis.set_major_formatter(ScalarFormatter())
     axes.yaxis.set_minor_formatter(NullFormatter())
-    axes.set_title(title)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
-    return path
+    return _save_figure(pyplot, figure, axes, title, path)

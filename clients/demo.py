@@ -59,8 +59,8 @@ class JobProcess:
                            self.name, self._process.pid, timeout_s)
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait(timeout_s)
-        # The job's JVM may ignore SIGTERM and outlive the Python process that started
-        # it; it is still in the group, so end whatever is left of the group.
+        # The job's JVM may ignore SIGTERM and outlive the Python process that started it.
+        # It is still in the group, so end whatever is left of the group.
         try:
             os.killpg(self._process.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -99,7 +99,7 @@ def _wait_until_answering(jobs, store, producer, consumer, config, held_out, tim
         probe = send_requests(producer, config, held_out.images[:1], held_out.labels[:1])
         if collect_results(consumer, probe, timeout_s=5.0).results:
             return
-    raise RuntimeError(f"the pipeline did not answer a request within {timeout_s:.0f} s; "
+    raise RuntimeError(f"the pipeline returned no result for a request within {timeout_s:.0f} s; "
                        f"see {jobs[0].log_path} and {jobs[1].log_path}")
 
 

@@ -150,7 +150,7 @@ class BatchingPredictor(KeyedProcessFunction):
 
         # 2. Answer held requests first, in batches of the usual size.
         if self.held:
-            logger.info("snapshot version %d available: answering %d held requests", model.version, len(self.held))
+            logger.info("snapshot version %d available: serving %d held requests", model.version, len(self.held))
             held, self.held = list(self.held), deque()
             for start in range(0, len(held), self.config.max_batch_size):
                 yield from self._predict(model, held[start:start + self.config.max_batch_size])

@@ -82,7 +82,7 @@ def read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     expected = int(np.prod(shape))
     if body.size != expected:
-        raise DataError(f"{path} holds {body.size} values but its header declares {expected}")
+        raise DataError(f"{path} contains {body.size} values but its header declares {expected}")
     return body.reshape(shape)
 
 

@@ -183,7 +183,7 @@ def _field_pixels(value: dict[str, Any]) -> bytes:
         # Non-ASCII characters raise a plain ValueError rather than binascii.Error.
         raise WireError(f"'img' is not valid base64: {error}") from None
     if len(pixels) != IMAGE_BYTES:
-        raise WireError(f"'img' holds {len(pixels)} bytes, expected {IMAGE_BYTES} (28x28 uint8)")
+        raise WireError(f"'img' contains {len(pixels)} bytes, expected {IMAGE_BYTES} (28x28 uint8)")
     return pixels
 
 
