@@ -10,10 +10,11 @@ cd "$root"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-# 1. Debian packages: Redis, Fashion-MNIST's IDX files, Chromium for the browser test,
+# 1. Debian packages: a JDK (Maven and the inference job's Java operators), Redis,
+# Fashion-MNIST's IDX files, Chromium for the browser test,
 # a CJK font so Chromium and the app's plots render Chinese, and wrk as the HTTP load
 # generator of the benchmarks.
-apt_packages=(redis-server dataset-fashion-mnist chromium fonts-wqy-microhei wrk)
+apt_packages=(openjdk-17-jdk-headless redis-server dataset-fashion-mnist chromium fonts-wqy-microhei wrk)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

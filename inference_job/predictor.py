@@ -95,16 +95,22 @@ def load_model(
     *,
     intra_op_threads: int = 1,
     export_python: str | None = None,
+    runtime: str = "auto",
 ) -> ServedModel:
     """Fetch a snapshot (the latest by default) and make it ready for inference.
 
     ONNX Runtime runs the snapshot's ONNX model on ``intra_op_threads`` threads. A
     snapshot without one is rebuilt in torch in this process, unless ``export_python``
     names a Python interpreter: then a child process of it exports the weights to ONNX
-    (:func:`export_onnx_in_child`) and this process does not import torch. Checksum
-    failures raise :class:`~shared.store.SnapshotCorruptError`.
+    (:func:`export_onnx_in_child`) and this process does not import torch. With
+    ``runtime="torch"`` the weights are served by eager torch even when the snapshot
+    has an ONNX model. Checksum failures raise :class:`~shared.store.SnapshotCorruptError`.
     """
+    if runtime not in ("auto", "torch"):
+        raise ValueError(f"runtime must be 'auto' or 'torch', got {runtime!r}")
     snapshot = store.load_bytes(version)
+    if runtime == "torch":
+        return _load_torch(snapshot)
     if snapshot.onnx_model is None and export_python is not None:
         logger.info("snapshot version %d has no ONNX model: exporting it in a child process", snapshot.version)
         snapshot = replace(snapshot, onnx_model=export_onnx_in_child(snapshot, export_python))
@@ -157,7 +163,7 @@ def _load_torch(snapshot: SnapshotBytes) -> TorchModel:
     module = build_model(snapshot.metadata["architecture"])
     module.load_state_dict(load_safetensors(snapshot.weights))
     module.eval()
-    logger.info("snapshot version %d has no ONNX model: serving it with torch", snapshot.version)
+    logger.info("serving snapshot version %d with eager torch", snapshot.version)
     return TorchModel(snapshot.version, snapshot.metadata, module)
 
 
@@ -180,6 +186,7 @@ class SnapshotWatcher:
         self._refused: set[int] = set()
         self._stop = threading.Event()
         self._first_poll_done = threading.Event()
+        self._loaded = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
 
     def start(self) -> "SnapshotWatcher":
@@ -202,6 +209,11 @@ class SnapshotWatcher:
 
     def current(self) -> ServedModel | None:
         # Reading one attribute is atomic, so the serving thread needs no lock.
+        return self._current
+
+    def wait_for_model(self, timeout_s: float) -> ServedModel | None:
+        """Return the current model, waiting up to ``timeout_s`` seconds for the first one to load."""
+        self._loaded.wait(timeout_s)
         return self._current
 
     def poll_once(self) -> bool:
@@ -230,6 +242,7 @@ class SnapshotWatcher:
             return False
         previous = self._version()
         self._current = loaded
+        self._loaded.set()
         logger.info("serving snapshot version %d with %s (was %s)", loaded.version, loaded.runtime, previous)
         return True
 

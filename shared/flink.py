@@ -8,10 +8,14 @@ cases the project's own packages are shipped with the job through
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import site
+import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -34,6 +38,10 @@ logger = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The packages a job needs on the workers.
 JOB_PACKAGES = ("shared", "training_job", "inference_job")
+# The Java operators the inference job runs around its Python function.
+JAVA_SOURCES = PROJECT_ROOT / "inference_job" / "java"
+# The bytecode level of those operators: the oldest Java that Flink 2.x runs on.
+JAVA_RELEASE = "11"
 
 
 def absolute_paths(config: Config) -> Config:
@@ -144,6 +152,58 @@ def build_job_archive(directory: Path) -> Path:
                 bundle.write(source, source.relative_to(PROJECT_ROOT).as_posix())
     partial.replace(archive)
     return archive
+
+
+def build_operator_jar(directory: Path) -> Path:
+    """Compile the Java operators under ``inference_job/java`` into a jar and return its path.
+
+    They are compiled against the Flink jars that PyFlink ships, so they always match the
+    Flink version that runs them. The jar's name carries a hash of the sources, the Flink
+    version and the bytecode level: an unchanged jar is reused, a changed source gives a
+    new jar. Needs ``javac`` on the PATH or in ``$JAVA_HOME/bin``.
+    """
+    import pyflink
+
+    flink_lib = Path(pyflink.__file__).resolve().parent / "lib"
+    sources = sorted(JAVA_SOURCES.rglob("*.java"))
+    digest = hashlib.sha256(JAVA_RELEASE.encode())
+    digest.update(",".join(sorted(jar.name for jar in flink_lib.glob("flink-*.jar"))).encode())
+    for source in sources:
+        digest.update(source.relative_to(JAVA_SOURCES).as_posix().encode())
+        digest.update(source.read_bytes())
+    directory.mkdir(parents=True, exist_ok=True)
+    jar = directory / f"onml-operators-{digest.hexdigest()[:12]}.jar"
+    if jar.is_file():
+        return jar
+
+    javac = _find_javac()
+    with tempfile.TemporaryDirectory(prefix="onml-javac-") as classes:
+        command = [javac, "--release", JAVA_RELEASE, "-nowarn", "-encoding", "UTF-8",
+                   "-cp", str(flink_lib / "*"), "-d", classes, *map(str, sources)]
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise RuntimeError(f"compiling the Java operators failed:\n{completed.stderr.strip()}")
+        partial = jar.with_suffix(".jar.partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\nCreated-By: onml\r\n\r\n")
+            for compiled in sorted(Path(classes).rglob("*.class")):
+                archive.write(compiled, compiled.relative_to(classes).as_posix())
+        partial.replace(jar)
+    logger.info("compiled the Java operators into %s", jar)
+    return jar
+
+
+def _find_javac() -> str:
+    candidates = [os.path.join(os.environ["JAVA_HOME"], "bin", "javac")] if os.environ.get("JAVA_HOME") else []
+    candidates.append(shutil.which("javac") or "")
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(
+        "javac not found: the inference job compiles its Java operators on first start. "
+        "Install a JDK (Debian: apt-get install openjdk-17-jdk-headless, which 'make deps' does) "
+        "or set JAVA_HOME to one"
+    )
 
 
 def kafka_string_source(

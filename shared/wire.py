@@ -121,6 +121,40 @@ def encode_result(
     })
 
 
+def encode_results(
+    requests: Sequence[Request],
+    probabilities: np.ndarray,
+    model_version: int,
+    result_ts_ms: float | None = None,
+) -> list[str]:
+    """Encode the results of one batch as text, one message per request, in request order.
+
+    Gives the same messages as :func:`encode_result` for each row, with the rounding and
+    the conversion to Python numbers done once for the whole ``(n, 10)`` array.
+    """
+    if len(probabilities) != len(requests):
+        raise ValueError(f"{len(requests)} requests but {len(probabilities)} rows of probabilities")
+    labels = probabilities.argmax(axis=1).tolist()
+    rounded = np.round(probabilities.astype(np.float64), 5).tolist()
+    result_ts = now_ms() if result_ts_ms is None else result_ts_ms
+    version = int(model_version)
+    batch_size = len(requests)
+    dumps = orjson.dumps
+    return [
+        dumps({
+            "v": FORMAT_VERSION,
+            "id": request.id,
+            "label": label,
+            "probs": probs,
+            "model_version": version,
+            "request_ts": request.ts_ms,
+            "result_ts": result_ts,
+            "batch_size": batch_size,
+        }).decode()
+        for request, label, probs in zip(requests, labels, rounded)
+    ]
+
+
 def encode_dead_letter(source_topic: str, stage: str, reason: str, payload: bytes | str) -> bytes:
     """Wrap a rejected message with the reason; the original bytes are kept, base64 if not UTF-8."""
     if isinstance(payload, str):

@@ -415,3 +415,11 @@ def test_pixels_to_array_empty_list():
 def test_pixels_to_array_rejects_short_image():
     with pytest.raises(ValueError):
         wire.pixels_to_array([_pixels(), bytes(783)])
+
+
+def test_encode_results_refuses_rows_that_do_not_match_the_requests():
+    from shared.wire import Request, encode_results
+
+    requests = [Request("a", 1.0, bytes(784))]
+    with pytest.raises(ValueError, match="1 requests but 2 rows"):
+        encode_results(requests, np.full((2, 10), 0.1, dtype=np.float32), 1)
