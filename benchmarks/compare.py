@@ -8,8 +8,8 @@ Steps, in order:
 3. onml: drain at the configured settings, then open-loop rates at fractions of the
    drained rate (the half-load p99 among them) and lone requests, on the same job;
    further drains at other max batch sizes for the throughput plot;
-4. the per-record Flink job, the plain Kafka consumer (batch 1 and batched) and the HTTP
-   service.
+4. the per-record Flink job (eager torch, as in the design onml replaces, and ONNX
+   Runtime), the plain Kafka consumer (batch 1 and batched) and the HTTP service.
 
 A step that fails is recorded with its error and the run goes on, so one broken
 baseline does not cost the other figures.
@@ -26,7 +26,14 @@ from typing import Any, Callable
 from benchmarks import report, stats
 from benchmarks.ceiling import ceiling_at, measure_ceiling
 from benchmarks.drain import run_drain
-from benchmarks.harness import ONML_JOB, PER_RECORD_JOB, BenchContext, plain_consumer_spec, publish_untrained_snapshot
+from benchmarks.harness import (
+    ONML_JOB,
+    PER_RECORD_JOB,
+    PER_RECORD_ONNX_JOB,
+    BenchContext,
+    plain_consumer_spec,
+    publish_untrained_snapshot,
+)
 from benchmarks.http_bench import run_http_baseline
 from benchmarks.modes import base_document, finish
 from benchmarks.rate import measure_lone, measure_rate
@@ -39,8 +46,8 @@ logger = logging.getLogger(__name__)
 class CompareOptions:
     """The sizes of a compare run; the defaults finish in about 7 to 10 minutes on 2 cores (an estimate)."""
 
-    requests: int = 60_000
-    drain_timeout_s: float = 150.0
+    requests: int = 300_000
+    drain_timeout_s: float = 240.0
     train_samples: int = 40_000
     train_timeout_s: float = 300.0
     ceiling_batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512)
@@ -128,9 +135,12 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
             onml_by_batch.append(result)
 
     # 4. Kafka baselines.
-    _step(5, total, f"per-record Flink job: drain {options.requests:,} requests", started)
+    _step(5, total, f"per-record Flink job, eager torch then ONNX Runtime: drain {options.requests:,} requests",
+          started)
     per_record = _guarded("per-record-udf", errors, lambda: run_drain(
         context, PER_RECORD_JOB, "per-record", options.requests, options.drain_timeout_s))
+    per_record_onnx = _guarded("per-record-onnx", errors, lambda: run_drain(
+        context, PER_RECORD_ONNX_JOB, "per-record-onnx", options.requests, options.drain_timeout_s))
 
     _step(6, total, "plain Kafka consumer service, batch 1 and batched", started)
     plain_batch1 = _guarded("plain-consumer-batch1", errors, lambda: run_drain(
@@ -146,7 +156,8 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
         context, options.http_duration_s, options.http_connections, generator=options.http_generator))
 
     summary = summarize_compare(document["environment"], config.max_batch_size, config.max_batch_wait_ms,
-                                onml, ceiling, per_record, plain_batch1, plain_batched, http, training)
+                                onml, ceiling, per_record, per_record_onnx, plain_batch1, plain_batched, http,
+                                training)
     document.update(summary)
     document["details"] = {
         "training": training,
@@ -154,6 +165,7 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
         "onml": onml,
         "onml_by_batch_size": onml_by_batch,
         "per_record_udf": per_record,
+        "per_record_onnx": per_record_onnx,
         "plain_consumer_batch1": plain_batch1,
         "plain_consumer": plain_batched,
         "http_service": http,
@@ -169,7 +181,8 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
 
 
 def summarize_compare(environment: dict[str, Any], max_batch_size: int, max_batch_wait_ms: int,
-                      onml: dict | None, ceiling: list[dict], per_record: dict | None, plain_batch1: dict | None,
+                      onml: dict | None, ceiling: list[dict], per_record: dict | None,
+                      per_record_onnx: dict | None, plain_batch1: dict | None,
                       plain_batched: dict | None, http: dict | None, training: dict | None) -> dict[str, Any]:
     """Collect the headline figures of a compare run and onml's ratio to each baseline."""
     then = (onml or {}).get("then") or {}
@@ -182,6 +195,7 @@ def summarize_compare(environment: dict[str, Any], max_batch_size: int, max_batc
         "ceiling_best_rps": best["images_per_s"] if best else None,
         "ceiling_best_batch_size": best["batch_size"] if best else None,
         "per_record_udf_rps": (per_record or {}).get("rps"),
+        "per_record_onnx_rps": (per_record_onnx or {}).get("rps"),
         "plain_consumer_rps": (plain_batched or {}).get("rps"),
         "plain_consumer_batch1_rps": (plain_batch1 or {}).get("rps"),
         "http_service_rps": (http or {}).get("rps"),

@@ -127,9 +127,12 @@ class SystemSpec:
     description: str = ""
 
 
-ONML_JOB = SystemSpec("onml", "inference_job.job", description="onml inference job (batching keyed process function)")
-PER_RECORD_JOB = SystemSpec("per-record-udf", "benchmarks.per_record_job",
-                            description="Flink job with a scalar map function, one forward pass per record")
+ONML_JOB = SystemSpec("onml", "inference_job.job",
+                      description="onml inference job (Java micro-batcher, one Python call per batch)")
+PER_RECORD_JOB = SystemSpec("per-record-udf", "benchmarks.per_record_job", ("--runtime", "torch"),
+                            description="Flink job with a scalar map function, one eager torch forward pass per record")
+PER_RECORD_ONNX_JOB = SystemSpec("per-record-onnx", "benchmarks.per_record_job", ("--runtime", "onnx"),
+                                 description="Flink job with a scalar map function, one ONNX Runtime call per record")
 
 
 def plain_consumer_spec(batch_size: int, max_wait_ms: int) -> SystemSpec:

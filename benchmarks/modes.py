@@ -18,6 +18,7 @@ from benchmarks.environment import describe_environment
 from benchmarks.harness import (
     ONML_JOB,
     PER_RECORD_JOB,
+    PER_RECORD_ONNX_JOB,
     BenchContext,
     SystemSpec,
     bench_config,
@@ -30,7 +31,7 @@ from benchmarks.harness import (
 from benchmarks.rate import run_rates
 from shared.config import Config
 
-SYSTEM_CHOICES = ("onml", "per-record-udf", "plain-consumer", "plain-consumer-batch1")
+SYSTEM_CHOICES = ("onml", "per-record-udf", "per-record-onnx", "plain-consumer", "plain-consumer-batch1")
 
 
 def system_spec(name: str, config: Config) -> SystemSpec:
@@ -39,6 +40,8 @@ def system_spec(name: str, config: Config) -> SystemSpec:
         return ONML_JOB
     if name == "per-record-udf":
         return PER_RECORD_JOB
+    if name == "per-record-onnx":
+        return PER_RECORD_ONNX_JOB
     if name == "plain-consumer":
         return plain_consumer_spec(config.max_batch_size, config.max_batch_wait_ms)
     if name == "plain-consumer-batch1":

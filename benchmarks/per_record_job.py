@@ -1,9 +1,13 @@
 """Baseline: the old design, a Flink job whose scalar map function runs one forward pass per record.
 
 Kafka requests → ``map`` (decode, one forward pass on a batch of one, encode) → Kafka
-results, in the same Python execution mode and with the same Flink settings, model and
-model loader (:func:`inference_job.predictor.load_model`) as the inference job. It loads
-the latest snapshot once at start and never swaps it.
+results, with the same Flink settings, model weights and wire format as the inference
+job. It loads the latest snapshot once at start and never swaps it.
+
+``--runtime torch`` (the default) is the design onml replaces: PyFlink's process mode
+and eager torch, one call per record. ``--runtime onnx`` keeps the one call per record
+but runs the snapshot's ONNX model in ONNX Runtime, which shows how much of the gap is
+the model runtime and how much is batching.
 
 Run with ``python -m benchmarks.per_record_job``; the settings come from ``ONML_*``
 variables like every onml process. For a malformed request the map function returns a
@@ -38,8 +42,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 class PerRecordPredictor(MapFunction):
     """Run one forward pass for each request."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, runtime: str) -> None:
         self.config = config
+        self.runtime = runtime
 
     def open(self, runtime_context: RuntimeContext) -> None:
         import torch
@@ -49,8 +54,8 @@ class PerRecordPredictor(MapFunction):
 
         # One thread per subtask, as the inference job sets it.
         torch.set_num_threads(1)
-        self.model = load_model(ModelStore.from_config(self.config))
-        logger.info("per-record predictor serves snapshot version %d", self.model.version)
+        self.model = load_model(ModelStore.from_config(self.config), runtime="torch" if self.runtime == "torch" else "auto")
+        logger.info("per-record predictor serves snapshot version %d with %s", self.model.version, self.model.runtime)
 
     def map(self, value: str) -> str:
         try:
@@ -74,22 +79,24 @@ def build_bench_archive(directory: Path) -> Path:
     return archive
 
 
-def build_job(env, config: Config) -> None:
+def build_job(env, config: Config, runtime: str) -> None:
     requests = kafka_string_source(env, config, config.request_topic, "per-record", "requests")
-    results = requests.map(PerRecordPredictor(config), output_type=STRING).name("per-record-predictor")
+    results = requests.map(PerRecordPredictor(config, runtime), output_type=STRING).name("per-record-predictor")
     results.sink_to(kafka_string_sink(config, config.result_topic)).name("results")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the per-record baseline job (Kafka -> one forward pass per record -> Kafka).")
     parser.add_argument("--config", help="TOML config file (default: $ONML_CONFIG or ./onml.toml)")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="model runtime: eager torch, as the replaced design (default), or ONNX Runtime")
     args = parser.parse_args(argv)
 
     config = absolute_paths(load_config(args.config))
     logger.info("starting %s with config %s", JOB_NAME, config.redacted())
     env = create_environment(config, JOB_NAME, resume=False)
     env.add_python_file(str(build_bench_archive(Path(config.var_dir) / "build")))
-    build_job(env, config)
+    build_job(env, config, args.runtime)
     env.execute(JOB_NAME)
 
 

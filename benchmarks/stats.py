@@ -31,7 +31,8 @@ REQUIRED_COMPARE_KEYS = (
 # The baselines that compare's table sets against onml's drain rate, in table order.
 BASELINE_KEYS = (
     ("ceiling_rps", "ceiling: batched forward pass in one process, at max_batch_size"),
-    ("per_record_udf_rps", "Flink job, one forward pass per record"),
+    ("per_record_udf_rps", "Flink job, one eager torch forward pass per record (the replaced design)"),
+    ("per_record_onnx_rps", "Flink job, one ONNX Runtime call per record"),
     ("plain_consumer_batch1_rps", "plain Kafka consumer, batch 1"),
     ("plain_consumer_rps", "plain Kafka consumer, batched"),
     ("http_service_rps", "HTTP service (FastAPI + uvicorn), one inference per request"),

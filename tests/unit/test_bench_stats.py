@@ -130,7 +130,7 @@ def test_summarize_drain_counts_and_rate():
     sent = [f"r-{n}" for n in range(5)]
     arrivals = [("r-0", 1000.0), ("r-1", 1250.0), ("r-1", 1300.0), ("r-2", 1500.0), ("r-3", 2000.0),
                 ("other", 1100.0)]
-    result = summarize_drain(sent, arrivals, started_ms=0.0, complete=False)
+    result = summarize_drain(sent, arrivals, started_ms=0.0, complete=False, warmup_fraction=0.0)
     assert result["answered"] == 4
     assert result["lost"] == 1
     assert result["duplicated"] == 1
@@ -140,6 +140,23 @@ def test_summarize_drain_counts_and_rate():
     assert result["drain_s"] == pytest.approx(1.0)
     assert result["startup_s"] == pytest.approx(1.0)
     assert result["results_per_second"] == [3, 1]
+
+
+def test_summarize_drain_leaves_warmup_out_of_the_rate():
+    sent = [f"r-{n}" for n in range(8)]
+    # Four slow warm-up results 1 s apart, then four results 100 ms apart.
+    times = [0.0, 1000.0, 2000.0, 3000.0, 3100.0, 3200.0, 3300.0, 3400.0]
+    result = summarize_drain(sent, list(zip(sent, times)), started_ms=0.0, complete=True, warmup_fraction=0.5)
+    assert result["warmup_results"] == 4
+    # From the last warm-up result (3000) to the last (3400): 4 results in 0.4 s.
+    assert result["rps"] == pytest.approx(10.0)
+    assert result["rps_with_warmup"] == pytest.approx(7 / 3.4)
+    assert result["answered"] == 8
+
+
+def test_summarize_drain_rejects_a_warmup_of_everything():
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        summarize_drain(["r-0"], [("r-0", 0.0)], started_ms=0.0, complete=True, warmup_fraction=1.0)
 
 
 def test_summarize_rate_latency_from_scheduled_time():
@@ -201,8 +218,8 @@ def test_compare_summary_has_required_keys(tmp_path):
     })
     ceiling = [{"batch_size": 64, "images_per_s": 10000.0}, {"batch_size": 256, "images_per_s": 16000.0}]
     training = {"samples_per_s": 2500.0, "samples_to_target": 24192}
-    summary = summarize_compare(environment, 256, 20, onml, ceiling, _drain(2000.0), _drain(1000.0),
-                                _drain(4000.0), {"rps": 800.0}, training)
+    summary = summarize_compare(environment, 256, 20, onml, ceiling, _drain(2000.0), _drain(5000.0),
+                                _drain(1000.0), _drain(4000.0), {"rps": 800.0}, training)
 
     assert stats.missing_compare_keys(summary) == []
     assert summary["onml_rps"] == 8000.0
@@ -210,6 +227,9 @@ def test_compare_summary_has_required_keys(tmp_path):
     assert summary["ceiling_best_rps"] == 16000.0
     assert summary["ceiling_best_batch_size"] == 256
     assert summary["per_record_udf_rps"] == 2000.0
+    assert summary["per_record_onnx_rps"] == 5000.0
+    assert summary["onml_ratio_to"]["per_record_udf_rps"] == 4.0
+    assert summary["onml_ratio_to"]["per_record_onnx_rps"] == 1.6
     assert summary["plain_consumer_rps"] == 4000.0
     assert summary["plain_consumer_batch1_rps"] == 1000.0
     assert summary["http_service_rps"] == 800.0
@@ -232,7 +252,7 @@ def test_compare_summary_has_required_keys(tmp_path):
 
 
 def test_compare_summary_with_every_step_failed():
-    summary = summarize_compare({"git": {"commit": None}}, 256, 20, None, [], None, None, None, None, None)
+    summary = summarize_compare({"git": {"commit": None}}, 256, 20, None, [], None, None, None, None, None, None)
     assert stats.missing_compare_keys(summary) == []
     assert summary["onml_rps"] is None
     assert all(value is None for value in summary["onml_ratio_to"].values())
