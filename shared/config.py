@@ -98,8 +98,6 @@ class Config:
     # Inference job
     max_batch_size: int = 256
     max_batch_wait_ms: int = 20
-    # Requests held while no snapshot exists; beyond this they go to the dead-letter topic.
-    max_held_requests: int = 10000
     model_poll_interval_s: float = 0.5
     # Threads each inference subtask gives ONNX Runtime (or torch, for a snapshot without an ONNX model).
     inference_threads: int = 1
@@ -166,7 +164,7 @@ def _coerce(name: str, value: Any) -> Any:
 def _validate(config: Config) -> None:
     positive = (
         "topic_partitions", "train_batch_size", "snapshot_every_samples", "accuracy_window",
-        "max_batch_size", "max_held_requests", "parallelism", "checkpoint_interval_ms",
+        "max_batch_size", "parallelism", "checkpoint_interval_ms",
         "snapshots_kept", "bundle_size", "bundle_time_ms", "inference_threads",
     )
     for name in positive:

@@ -279,7 +279,6 @@ def test_wrong_toml_type_is_rejected(tmp_path, field, toml_value):
         ("snapshots_kept", 0),
         ("topic_partitions", 0),
         ("accuracy_window", 0),
-        ("max_held_requests", 0),
         ("parallelism", 0),
         ("checkpoint_interval_ms", 0),
         ("bundle_size", 0),
