@@ -1,7 +1,7 @@
-"""Answer one batch of request messages: decode, one forward pass, encode.
+"""Serve one batch of request messages: decode, one forward pass, encode.
 
 This is the whole per-batch work of the inference job, kept free of Flink so that it can
-be tested and measured on its own. The job calls :func:`answer_batch` once for every
+be tested and measured on its own. The job calls :func:`serve_batch` once for every
 batch that the Java ``MicroBatcher`` operator releases.
 """
 
@@ -52,7 +52,7 @@ def predict_batch(model: Model, requests: Sequence[Request]) -> list[str]:
     return encode_results(requests, probabilities, model.version)
 
 
-def answer_batch(messages: Sequence[str], model: Model, source_topic: str) -> tuple[list[str], list[str]]:
-    """Return ``(results, dead_letters)`` for one batch of request messages."""
+def serve_batch(messages: Sequence[str], model: Model, source_topic: str) -> tuple[list[str], list[str]]:
+    """Decode, predict and encode one batch; return ``(results, dead_letters)``."""
     requests, dead_letters = decode_batch(messages, source_topic)
     return predict_batch(model, requests), dead_letters

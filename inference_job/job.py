@@ -9,7 +9,7 @@ The job is three operators, chained in one task per subtask::
 
 The Java ``MicroBatcher`` collects requests into arrays of up to ``max_batch_size`` and
 releases a partial one after ``max_batch_wait_ms`` with a processing-time timer, so a lone
-request is answered within its wait. The Python function is then called once per batch
+request gets its result within its wait. The Python function is then called once per batch
 instead of once per request: PyFlink's per-record cost, not the model, was what limited
 a keyed Python batching function (docs/inference-design.md has the measurements).
 """
@@ -48,16 +48,16 @@ JOB_NAME = "onml-inference"
 # functions inside the TaskManager JVM and skips the copy of every batch to a Python
 # worker process (docs/inference-design.md has the measurements).
 INFERENCE_MODE = "thread"
-# What the Java batcher hands to Python, and what Python hands back to the splitter:
-# the batch's request messages; then its results and its dead letters.
+# The Java batcher hands Python the request messages of one batch as a string array.
 BATCH = Types.BASIC_ARRAY(Types.STRING())
-ANSWER = Types.TUPLE([BATCH, BATCH])
-# How often a batch that waits for the first snapshot says so in the log.
+# Python hands the splitter two string arrays: the batch's results and its dead letters.
+OUTPUT = Types.TUPLE([BATCH, BATCH])
+# How often a batch that waits for the first snapshot logs a warning.
 WAIT_LOG_INTERVAL_S = 30.0
 
 
 class BatchPredictor(MapFunction):
-    """Answer each batch of requests with one forward pass of the newest snapshot.
+    """Serve each batch of requests with one forward pass of the newest snapshot.
 
     Before any snapshot exists the function waits for the first one: the batch in hand
     waits in memory and the rest stay in the request topic, since the Kafka source reads
@@ -90,10 +90,10 @@ class BatchPredictor(MapFunction):
         self.watcher.stop()
 
     def map(self, batch):
-        from inference_job.batch import answer_batch
+        from inference_job.batch import serve_batch
 
         model = self.watcher.current() or self._wait_for_model(len(batch))
-        results, dead_letters = answer_batch(batch, model, self.config.request_topic)
+        results, dead_letters = serve_batch(batch, model, self.config.request_topic)
         if dead_letters:
             self.rejected += len(dead_letters)
             logger.warning("rejected %d malformed requests (%d so far)", len(dead_letters), self.rejected)
@@ -121,14 +121,14 @@ def build_job(env, config: Config) -> None:
             "micro-batcher", java_batch, operators.MicroBatcher(config.max_batch_size, config.max_batch_wait_ms)
         ).uid("micro-batcher")
     )
-    answers = (
-        batches.map(BatchPredictor(config, sys.executable), output_type=ANSWER)
+    outputs = (
+        batches.map(BatchPredictor(config, sys.executable), output_type=OUTPUT)
         .name("batch-predictor")
         .uid("batch-predictor")
     )
     splitter = operators.BatchSplitter()
     results = DataStream(
-        answers._j_data_stream.process(splitter, Types.STRING().get_java_type_info())
+        outputs._j_data_stream.process(splitter, Types.STRING().get_java_type_info())
         .name("batch-splitter")
         .uid("batch-splitter")
     )

@@ -142,7 +142,7 @@ def test_summarize_drain_counts_and_rate():
     assert result["results_per_second"] == [3, 1]
 
 
-def test_summarize_drain_leaves_warmup_out_of_the_rate():
+def test_drain_rate_skips_warmup():
     sent = [f"r-{n}" for n in range(8)]
     # Four slow warm-up results 1 s apart, then four results 100 ms apart.
     times = [0.0, 1000.0, 2000.0, 3000.0, 3100.0, 3200.0, 3300.0, 3400.0]
@@ -154,7 +154,7 @@ def test_summarize_drain_leaves_warmup_out_of_the_rate():
     assert result["answered"] == 8
 
 
-def test_summarize_drain_rejects_a_warmup_of_everything():
+def test_drain_rejects_full_warmup():
     with pytest.raises(ValueError, match="warmup_fraction"):
         summarize_drain(["r-0"], [("r-0", 0.0)], started_ms=0.0, complete=True, warmup_fraction=1.0)
 

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from inference_job import batch as batch_module
-from inference_job.batch import DECODE_STAGE, answer_batch, decode_batch, predict_batch
+from inference_job.batch import DECODE_STAGE, serve_batch, decode_batch, predict_batch
 from shared.wire import decode_dead_letter, decode_result, encode_request, encode_result
 
 TOPIC = "onml.requests"
@@ -33,10 +33,10 @@ def request_messages(count: int) -> list[str]:
             for n in range(count)]
 
 
-def test_answer_batch_keeps_order_and_labels():
+def test_serve_batch_keeps_order():
     model = RecordingModel()
 
-    results, dead_letters = answer_batch(request_messages(5), model, TOPIC)
+    results, dead_letters = serve_batch(request_messages(5), model, TOPIC)
 
     decoded = [decode_result(message) for message in results]
     assert [result.id for result in decoded] == [f"req-{n}" for n in range(5)]
@@ -47,11 +47,11 @@ def test_answer_batch_keeps_order_and_labels():
     assert dead_letters == []
 
 
-def test_malformed_messages_become_dead_letters_and_the_rest_is_answered():
+def test_malformed_messages_become_dead_letters():
     messages = request_messages(3)
     bad = ["not json", orjson.dumps({"v": 1, "id": "x", "ts": 1.0, "img": "AAAA"}).decode()]
 
-    results, dead_letters = answer_batch([messages[0], bad[0], messages[1], bad[1], messages[2]],
+    results, dead_letters = serve_batch([messages[0], bad[0], messages[1], bad[1], messages[2]],
                                          RecordingModel(), TOPIC)
 
     assert [decode_result(message).id for message in results] == ["req-0", "req-1", "req-2"]
@@ -63,17 +63,17 @@ def test_malformed_messages_become_dead_letters_and_the_rest_is_answered():
     assert "expected 784" in letters[1]["reason"]
 
 
-def test_a_batch_of_only_malformed_messages_runs_no_forward_pass():
+def test_all_malformed_skips_forward_pass():
     model = RecordingModel()
 
-    results, dead_letters = answer_batch(["{}", "[]"], model, TOPIC)
+    results, dead_letters = serve_batch(["{}", "[]"], model, TOPIC)
 
     assert results == []
     assert len(dead_letters) == 2
     assert model.calls == []
 
 
-def test_forward_pass_runs_in_chunks_and_results_stay_in_order():
+def test_forward_pass_in_chunks():
     model = RecordingModel()
     count = 2 * batch_module.FORWARD_CHUNK + 3
     requests, _ = decode_batch(request_messages(count), TOPIC)
@@ -87,7 +87,7 @@ def test_forward_pass_runs_in_chunks_and_results_stay_in_order():
     assert {result.batch_size for result in decoded} == {count}
 
 
-def test_batch_results_match_the_single_result_encoder():
+def test_batch_encoder_matches_single_encoder():
     model = RecordingModel()
     requests, _ = decode_batch(request_messages(4), TOPIC)
 

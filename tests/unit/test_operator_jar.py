@@ -12,7 +12,7 @@ from shared import flink
 pytestmark = pytest.mark.skipif(shutil.which("javac") is None, reason="needs a JDK (javac)")
 
 
-def test_jar_holds_the_operators_and_is_reused(tmp_path):
+def test_jar_reused_while_unchanged(tmp_path):
     jar = flink.build_operator_jar(tmp_path)
 
     with zipfile.ZipFile(jar) as archive:
@@ -23,7 +23,7 @@ def test_jar_holds_the_operators_and_is_reused(tmp_path):
     assert jar.stat().st_mtime_ns == modified
 
 
-def test_changed_source_gives_a_new_jar(tmp_path, monkeypatch):
+def test_changed_source_new_jar(tmp_path, monkeypatch):
     sources = tmp_path / "java"
     shutil.copytree(flink.JAVA_SOURCES, sources)
     monkeypatch.setattr(flink, "JAVA_SOURCES", sources)
@@ -35,7 +35,7 @@ def test_changed_source_gives_a_new_jar(tmp_path, monkeypatch):
     assert flink.build_operator_jar(tmp_path / "build") != first
 
 
-def test_compile_error_is_reported(tmp_path, monkeypatch):
+def test_compile_error_reported(tmp_path, monkeypatch):
     sources = tmp_path / "java" / "onml" / "flink"
     sources.mkdir(parents=True)
     (sources / "Broken.java").write_text("package onml.flink; class Broken { int x = ; }\n")
@@ -45,7 +45,7 @@ def test_compile_error_is_reported(tmp_path, monkeypatch):
         flink.build_operator_jar(tmp_path / "build")
 
 
-def test_missing_javac_names_the_package(monkeypatch):
+def test_missing_javac_names_package(monkeypatch):
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setattr(flink.shutil, "which", lambda name: None)
 

@@ -486,7 +486,7 @@ def test_stop_ends_thread(make_store):
     assert not watcher._thread.is_alive()
 
 
-def test_torch_runtime_serves_a_snapshot_that_has_an_onnx_model(make_store, images):
+def test_torch_runtime_ignores_onnx_model(make_store, images):
     store = make_store()
     version, module = publish_model(store, seed=3)
 
@@ -496,12 +496,12 @@ def test_torch_runtime_serves_a_snapshot_that_has_an_onnx_model(make_store, imag
     np.testing.assert_allclose(loaded.predict(images), torch_probabilities(module, images), atol=1e-5)
 
 
-def test_unknown_runtime_is_refused(make_store):
+def test_unknown_runtime_rejected(make_store):
     with pytest.raises(ValueError, match="runtime"):
         load_model(make_store(), runtime="tensorflow")
 
 
-def test_wait_for_model_returns_the_first_snapshot_once_published(make_store, watcher_factory):
+def test_wait_for_first_snapshot(make_store, watcher_factory):
     store = make_store()
     watcher = watcher_factory(store, poll_interval_s=0.05).start()
     assert watcher.wait_for_model(0.01) is None

@@ -417,7 +417,7 @@ def test_pixels_to_array_rejects_short_image():
         wire.pixels_to_array([_pixels(), bytes(783)])
 
 
-def test_encode_results_refuses_rows_that_do_not_match_the_requests():
+def test_encode_results_row_mismatch():
     from shared.wire import Request, encode_results
 
     requests = [Request("a", 1.0, bytes(784))]
