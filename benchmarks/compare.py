@@ -55,6 +55,7 @@ class CompareOptions:
     extra_onml_batch_sizes: tuple[int, ...] = (16, 64)
     rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     rate_duration_s: float = 15.0
+    rate_warmup_s: float = 10.0
     lone_count: int = 30
     lone_spacing_ms: float = 200.0
     http_duration_s: float = 20.0
@@ -112,6 +113,10 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
 
     def after_drain(run_config, system, drain):
         rates = []
+        warmup = None
+        if drain.get("rps") and options.rate_warmup_s > 0:
+            # The drain ran only full batches; this load also compiles the paths of partial ones.
+            warmup = measure_rate(context, run_config, system, 0.5 * drain["rps"], options.rate_warmup_s)
         if drain.get("rps"):
             for fraction in sorted(set(options.rate_fractions) | {0.5}):
                 rate = fraction * drain["rps"]
@@ -119,7 +124,7 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
                 rates.append({"fraction_of_drain_rps": fraction, **step})
         lone = (measure_lone(context, run_config, system, options.lone_count, options.lone_spacing_ms)
                 if options.lone_count else None)
-        return {"rates": rates, "lone": lone}
+        return {"rate_warmup": warmup, "rates": rates, "lone": lone}
 
     onml = _guarded("onml", errors, lambda: run_drain(context, ONML_JOB, "onml", options.requests,
                                                       options.drain_timeout_s, then=after_drain))

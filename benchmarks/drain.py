@@ -16,7 +16,15 @@ from typing import Any, Callable, Iterable
 
 from benchmarks import stats
 from benchmarks.collector import ResultCollector
-from benchmarks.harness import BenchContext, SystemProcess, SystemSpec, prefill_requests, progress_bar, run_session
+from benchmarks.harness import (
+    BenchContext,
+    SystemProcess,
+    SystemSpec,
+    prefill_requests,
+    progress_bar,
+    run_session,
+    without_gc_pauses,
+)
 from shared.config import Config
 
 logger = logging.getLogger(__name__)
@@ -57,6 +65,7 @@ def summarize_drain(sent_ids: list[str], arrivals: Iterable[tuple[str, float]], 
     }
 
 
+@without_gc_pauses()
 def measure_drain(context: BenchContext, config: Config, system: SystemProcess, sent_ids: list[str],
                   timeout_s: float) -> dict[str, Any]:
     """Start ``system`` on a pre-filled request topic and time its results; the system keeps running."""

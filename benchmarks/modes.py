@@ -104,11 +104,11 @@ def drain_mode(context: BenchContext, system: str, requests: int, timeout_s: flo
 
 
 def rate_mode(context: BenchContext, system: str, rates: Sequence[float], duration_s: float, out_dir: Path,
-              parameters: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
+              parameters: dict[str, Any], warmup_s: float = 0.0) -> tuple[dict[str, Any], list[Path]]:
     started = time.monotonic()
     document = base_document("rate", context, parameters)
     spec = system_spec(system, context.config)
-    result = run_rates(context, spec, "rate", rates, duration_s)
+    result = run_rates(context, spec, "rate", rates, duration_s, open_loop_warmup_s=warmup_s)
     document["result"] = result
     plot = report.plot_latency_vs_rate(out_dir / "rate-latency.png", result["rates"],
                                        f"{spec.name}: latency under open-loop load")

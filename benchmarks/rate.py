@@ -18,7 +18,15 @@ from benchmarks.errors import BenchError
 from benchmarks import stats
 from benchmarks.collector import ResultCollector
 from benchmarks.drain import SETTLE_S, run_settings
-from benchmarks.harness import BenchContext, SystemProcess, SystemSpec, produce, progress_bar, run_session
+from benchmarks.harness import (
+    BenchContext,
+    SystemProcess,
+    SystemSpec,
+    produce,
+    progress_bar,
+    run_session,
+    without_gc_pauses,
+)
 from clients.kafka_io import make_producer
 from shared.config import Config
 from shared.wire import encode_request, now_ms
@@ -70,6 +78,7 @@ def warm_up(context: BenchContext, config: Config, system: SystemProcess, count:
     return time.monotonic() - started
 
 
+@without_gc_pauses()
 def measure_rate(context: BenchContext, config: Config, system: SystemProcess, rate_per_s: float,
                  duration_s: float, drain_timeout_s: float = 30.0) -> dict[str, Any]:
     """Send ``rate_per_s × duration_s`` requests on an open-loop schedule and measure their latency."""
@@ -77,8 +86,11 @@ def measure_rate(context: BenchContext, config: Config, system: SystemProcess, r
         raise ValueError(f"rate and duration must be above 0, got {rate_per_s}/s for {duration_s} s")
     count = max(1, round(rate_per_s * duration_s))
     prefix = f"{system.run_id}-r{uuid.uuid4().hex[:4]}"
-    # linger.ms 1 keeps librdkafka's batching from adding up to 5 ms to each request.
-    producer = make_producer(config, **{"linger.ms": 1})
+    # The producer keeps librdkafka's 5 ms linger. Its wait counts in every latency, since
+    # latency runs from the scheduled send time. A 1 ms linger sent five times as many
+    # produce requests, and the extra CPU for the bench and the broker on the same 2 cores
+    # raised the p99 at 15,000 requests/s from 32 to 137 ms (one run each, after a warm-up).
+    producer = make_producer(config)
     collector = ResultCollector(config, from_beginning=False).start()
     sent_ms: dict[str, float] = {}
     max_lag_ms = 0.0
@@ -123,6 +135,7 @@ def measure_rate(context: BenchContext, config: Config, system: SystemProcess, r
     return result
 
 
+@without_gc_pauses()
 def measure_lone(context: BenchContext, config: Config, system: SystemProcess, count: int, spacing_ms: float,
                  timeout_s: float = 10.0) -> dict[str, Any]:
     """Send ``count`` requests one at a time, each after the previous one's result and a pause of ``spacing_ms``."""
@@ -155,11 +168,18 @@ def measure_lone(context: BenchContext, config: Config, system: SystemProcess, c
 
 
 def run_rates(context: BenchContext, spec: SystemSpec, label: str, rates: Sequence[float], duration_s: float,
-              lone_count: int = 0, lone_spacing_ms: float = 200.0, **overrides: Any) -> dict[str, Any]:
-    """Start ``spec``, warm it up, then run each open-loop rate and, if ``lone_count``, the lone requests."""
+              lone_count: int = 0, lone_spacing_ms: float = 200.0, open_loop_warmup_s: float = 0.0,
+              **overrides: Any) -> dict[str, Any]:
+    """Start ``spec``, warm it up, then run each open-loop rate and, if ``lone_count``, the lone requests.
+
+    With ``open_loop_warmup_s`` the warm-up ends with that many seconds of open-loop load
+    at the highest rate, which is reported under ``open_loop_warmup`` and not among the rates.
+    """
     with run_session(context, spec, label, **overrides) as (config, system):
         system.start()
         warm_up_s = warm_up(context, config, system)
+        open_loop_warmup = (measure_rate(context, config, system, max(rates), open_loop_warmup_s)
+                            if rates and open_loop_warmup_s > 0 else None)
         steps = [measure_rate(context, config, system, rate, duration_s) for rate in rates]
         lone = measure_lone(context, config, system, lone_count, lone_spacing_ms) if lone_count else None
         peak_rss_mb = system.peak_rss_mb
@@ -168,6 +188,7 @@ def run_rates(context: BenchContext, spec: SystemSpec, label: str, rates: Sequen
         "description": spec.description,
         "settings": run_settings(config),
         "warm_up_s": warm_up_s,
+        "open_loop_warmup": open_loop_warmup,
         "rates": steps,
         "lone": lone,
         "peak_rss_mb": peak_rss_mb,

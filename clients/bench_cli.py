@@ -183,11 +183,15 @@ def drain(ctx: click.Context, requests: int, timeout: float, system: str, model:
               help="Offered loads in requests/s, comma-separated, each run open loop.")
 @click.option("--duration", type=click.FloatRange(min=1), default=15.0, show_default=True,
               help="Seconds of load at each rate.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds of open-loop load at the highest rate before the measured ones, left out of the "
+                   "figures, while the JVMs compile the paths that this load takes (0: none).")
 @_SYSTEM_OPTION
 @_MODEL_OPTION
 @click.pass_context
 @_handle_errors
-def rate(ctx: click.Context, rates: tuple[float, ...], duration: float, system: str, model: str) -> None:
+def rate(ctx: click.Context, rates: tuple[float, ...], duration: float, warmup: float, system: str,
+         model: str) -> None:
     """Latency under open-loop load: p50, p95, p99 and max (ms) at each fixed request rate.
 
     The sender keeps its schedule regardless of when results arrive, and latency runs
@@ -198,7 +202,8 @@ def rate(ctx: click.Context, rates: tuple[float, ...], duration: float, system: 
     if not rates:
         raise click.BadParameter("give at least one rate", param_hint="--rates")
     with _context(ctx, model) as context:
-        document, paths = rate_mode(context, system, rates, duration, ctx.obj["bench"]["out_dir"], _parameters(ctx))
+        document, paths = rate_mode(context, system, rates, duration, ctx.obj["bench"]["out_dir"], _parameters(ctx),
+                                    warmup_s=warmup)
     for step in document["result"]["rates"]:
         latency = step["latency_ms"]
         click.echo(f"{step['rate_per_s']:>8,.0f}/s  p50 {latency['p50'] or 0:8.1f} ms  p99 {latency['p99'] or 0:8.1f} ms  "
@@ -290,6 +295,9 @@ def sweep(ctx: click.Context, batch_sizes, waits, parallelisms, partition_counts
               help="Open-loop loads as fractions of onml's drain rate; 0.5 is always run.")
 @click.option("--rate-duration", type=click.FloatRange(min=1), default=15.0, show_default=True,
               help="Seconds of load at each fraction.")
+@click.option("--rate-warmup", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds of open-loop load at half the drain rate before the measured fractions, left out of "
+                   "the figures (0: none).")
 @click.option("--lone-count", type=click.IntRange(min=0), default=30, show_default=True,
               help="Lone requests sent to onml after the rates.")
 @click.option("--onml-batch-sizes", type=NumberList(int, minimum=1), default="16,64", show_default=True,
@@ -305,13 +313,14 @@ def sweep(ctx: click.Context, batch_sizes, waits, parallelisms, partition_counts
 @click.pass_context
 @_handle_errors
 def compare(ctx: click.Context, requests: int, drain_timeout: float, train_samples: int, rate_fractions,
-            rate_duration: float, lone_count: int, onml_batch_sizes, ceiling_batch_sizes, http_duration: float,
+            rate_duration: float, rate_warmup: float, lone_count: int, onml_batch_sizes, ceiling_batch_sizes, http_duration: float,
             http_connections: int, http_generator: str) -> None:
     """One run, same model and data: onml against the ceiling and three baselines (requests/s).
 
     Prints one table with the requests/s of onml's inference job (drain), the in-process
-    ceiling, a Flink job with one forward pass per record, a plain Kafka consumer service
-    (batch 1 and batched) and a FastAPI service, and onml's ratio to each. Below it: p99
+    ceiling, a Flink job with one forward pass per record (eager torch, as in the design
+    onml replaces, and ONNX Runtime), a plain Kafka consumer service (batch 1 and batched)
+    and a FastAPI service, and onml's ratio to each. Below it: p99
     latency at half of onml's rate, lone-request latency, the job's peak RSS and the
     training job's samples/s. With the defaults it takes about 7 to 10 minutes on 2 cores
     (an estimate).
@@ -320,7 +329,8 @@ def compare(ctx: click.Context, requests: int, drain_timeout: float, train_sampl
 
     options = CompareOptions(
         requests=requests, drain_timeout_s=drain_timeout, train_samples=train_samples,
-        rate_fractions=rate_fractions, rate_duration_s=rate_duration, lone_count=lone_count,
+        rate_fractions=rate_fractions, rate_duration_s=rate_duration, rate_warmup_s=rate_warmup,
+        lone_count=lone_count,
         extra_onml_batch_sizes=onml_batch_sizes, ceiling_batch_sizes=ceiling_batch_sizes,
         http_duration_s=http_duration, http_connections=http_connections, http_generator=http_generator,
     )

@@ -126,3 +126,37 @@ def test_plots_and_tables_are_written(tmp_path):
     table = report.markdown_table(report.RATE_HEADERS, report.rate_rows(steps))
     assert table.count("\n") == 4
     assert "19/20" in table
+
+
+def test_result_stamp_reads_id_and_time():
+    from benchmarks.collector import result_stamp
+    from shared.wire import encode_result
+
+    message = encode_result("req-1", 3, [0.1] * 10, 7, 1000.0, 16, result_ts_ms=1025.5)
+
+    assert result_stamp(message) == ("req-1", 1025.5)
+
+
+@pytest.mark.parametrize("message, reason", [
+    (b"not json", "not valid JSON"),
+    (b'{"v": 1, "id": "req-1"}', "invalid result message"),
+    (b'{"v": 1, "id": 5, "result_ts": 1.0}', "id 5"),
+    (b'{"v": 1, "id": "req-1", "result_ts": true}', "result_ts True"),
+])
+def test_result_stamp_rejects_malformed(message, reason):
+    from benchmarks.collector import result_stamp
+    from shared.wire import WireError
+
+    with pytest.raises(WireError, match=reason):
+        result_stamp(message)
+
+
+def test_gc_off_during_measurement():
+    import gc
+
+    from benchmarks.harness import without_gc_pauses
+
+    assert gc.isenabled()
+    with without_gc_pauses():
+        assert not gc.isenabled()
+    assert gc.isenabled()
