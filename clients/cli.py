@@ -98,8 +98,8 @@ def stack_up(ctx: click.Context, flink: bool) -> None:
     """Start Kafka (KRaft) and Redis on 127.0.0.1 and create the topics."""
     from deploy import stack as local_stack
 
-    for name, info in local_stack.up(get_config(ctx), with_flink=flink).items():
-        click.echo(f"{name:17} running  pid {info.get('pid'):>7}  {info.get('address')}")
+    services = local_stack.up(get_config(ctx), with_flink=flink)
+    _echo_services({name: info for name, info in services.items() if flink or not name.startswith("flink")})
 
 
 @stack.command("down")
@@ -120,7 +120,11 @@ def stack_status(ctx: click.Context) -> None:
     """Show which services are running, with their pids and addresses."""
     from deploy import stack as local_stack
 
-    for name, info in local_stack.status(get_config(ctx)).items():
+    _echo_services(local_stack.status(get_config(ctx)))
+
+
+def _echo_services(services: dict[str, dict]) -> None:
+    for name, info in services.items():
         state = "running" if info.get("running") else "stopped"
         click.echo(f"{name:17} {state:8} pid {info.get('pid') or '-':>7}  {info.get('address')}")
 

@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -150,6 +151,19 @@ def test_auto_create_topics_disabled(stack: Config) -> None:
 
 # --------------------------------------------------------------------------------------
 # Redis
+
+
+def test_cli_stack_up_lists_services(stack: Config) -> None:
+    # The stack is running already, so 'up' reuses it and lists what runs.
+    environment = {**os.environ, **stack.to_environ()}
+    completed = subprocess.run([sys.executable, "-m", "clients.cli", "stack", "up"], env=environment,
+                               cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert any(line.startswith("kafka") and " running " in line for line in lines), completed.stdout
+    assert any(line.startswith("redis") and " running " in line for line in lines), completed.stdout
+    assert not any(line.startswith("flink") for line in lines), completed.stdout
 
 
 def test_redis_accepts_password(stack: Config) -> None:
