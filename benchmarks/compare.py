@@ -5,10 +5,12 @@ Steps, in order:
 1. training: N samples through the training job, whose last snapshot then serves every
    later step (or a seeded untrained model when N is 0);
 2. ceiling: the raw batched forward pass in this process;
-3. onml: drain at the configured settings, then open-loop rates at fractions of the
+3. broker warm-up: an unmeasured drain through the plain Kafka consumer, so that every
+   measured drain meets a broker whose JIT compiler has done its work;
+4. onml: drain at the configured settings, then open-loop rates at fractions of the
    drained rate (the half-load p99 among them) and lone requests, on the same job;
    further drains at other max batch sizes for the throughput plot;
-4. the per-record Flink job (eager torch, as in the design onml replaces, and ONNX
+5. the per-record Flink job (eager torch, as in the design onml replaces, and ONNX
    Runtime), the plain Kafka consumer (batch 1 and batched) and the HTTP service.
 
 A step that fails is recorded with its error and the run goes on, so one broken
@@ -48,6 +50,7 @@ class CompareOptions:
 
     requests: int = 300_000
     drain_timeout_s: float = 240.0
+    broker_warmup_requests: int = 1_000_000
     train_samples: int = 40_000
     train_timeout_s: float = 300.0
     ceiling_batch_sizes: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512)
@@ -82,7 +85,7 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
     started = time.monotonic()
     config = context.config
     errors: dict[str, str] = {}
-    total = 7
+    total = 8
 
     # 1. Training, whose last snapshot is the model every later step serves.
     _step(1, total, f"training job: {options.train_samples:,} samples", started)
@@ -107,8 +110,20 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
 
     ceiling = _guarded("ceiling", errors, ceiling_rows) or []
 
+    # The broker's JVM compiles its produce and fetch paths under the first heavy traffic.
+    # Without this unmeasured drain, onml's drain came first and met a colder broker than
+    # the baselines after it: onml drained 33k requests/s at max batch 256 and, later in
+    # the same run, 53k at max batch 16 and 55k at 64.
+    broker_warmup = None
+    if options.broker_warmup_requests:
+        _step(3, total, f"broker warm-up: plain Kafka consumer drains {options.broker_warmup_requests:,} requests "
+                        "(not measured)", started)
+        broker_warmup = _guarded("broker-warmup", errors, lambda: run_drain(
+            context, plain_consumer_spec(config.max_batch_size, config.max_batch_wait_ms), "broker-warmup",
+            options.broker_warmup_requests, options.drain_timeout_s))
+
     # 3. onml: drain, then rates and lone requests on the same warm job.
-    _step(3, total, f"onml inference job: drain {options.requests:,} requests, then open-loop rates and "
+    _step(4, total, f"onml inference job: drain {options.requests:,} requests, then open-loop rates and "
                     f"{options.lone_count} lone requests", started)
 
     def after_drain(run_config, system, drain):
@@ -129,7 +144,7 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
     onml = _guarded("onml", errors, lambda: run_drain(context, ONML_JOB, "onml", options.requests,
                                                       options.drain_timeout_s, then=after_drain))
 
-    _step(4, total, f"onml inference job at other max batch sizes {list(options.extra_onml_batch_sizes)}", started)
+    _step(5, total, f"onml inference job at other max batch sizes {list(options.extra_onml_batch_sizes)}", started)
     onml_by_batch = []
     for batch_size in options.extra_onml_batch_sizes:
         if batch_size == config.max_batch_size:
@@ -140,14 +155,14 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
             onml_by_batch.append(result)
 
     # 4. Kafka baselines.
-    _step(5, total, f"per-record Flink job, eager torch then ONNX Runtime: drain {options.requests:,} requests",
+    _step(6, total, f"per-record Flink job, eager torch then ONNX Runtime: drain {options.requests:,} requests",
           started)
     per_record = _guarded("per-record-udf", errors, lambda: run_drain(
         context, PER_RECORD_JOB, "per-record", options.requests, options.drain_timeout_s))
     per_record_onnx = _guarded("per-record-onnx", errors, lambda: run_drain(
         context, PER_RECORD_ONNX_JOB, "per-record-onnx", options.requests, options.drain_timeout_s))
 
-    _step(6, total, "plain Kafka consumer service, batch 1 and batched", started)
+    _step(7, total, "plain Kafka consumer service, batch 1 and batched", started)
     plain_batch1 = _guarded("plain-consumer-batch1", errors, lambda: run_drain(
         context, plain_consumer_spec(1, config.max_batch_wait_ms), "plain-b1", options.requests,
         options.drain_timeout_s))
@@ -156,7 +171,7 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
         options.requests, options.drain_timeout_s))
 
     # 5. HTTP baseline.
-    _step(7, total, "HTTP service (FastAPI + uvicorn) under an HTTP load generator", started)
+    _step(8, total, "HTTP service (FastAPI + uvicorn) under an HTTP load generator", started)
     http = _guarded("http-service", errors, lambda: run_http_baseline(
         context, options.http_duration_s, options.http_connections, generator=options.http_generator))
 
@@ -167,6 +182,7 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
     document["details"] = {
         "training": training,
         "ceiling": ceiling,
+        "broker_warmup": broker_warmup,
         "onml": onml,
         "onml_by_batch_size": onml_by_batch,
         "per_record_udf": per_record,

@@ -289,6 +289,9 @@ def sweep(ctx: click.Context, batch_sizes, waits, parallelisms, partition_counts
 @click.option("--drain-timeout", type=click.FloatRange(min=1), default=240.0, show_default=True,
               help="Seconds to wait for each drain, start-up included. A slower system is rated on the results "
                    "that arrived by then.")
+@click.option("--broker-warmup", type=click.IntRange(min=0), default=1_000_000, show_default=True,
+              help="Requests drained through the plain Kafka consumer before any measured drain and left out of "
+                   "the figures, so that the broker's JIT compiler is done for every system (0: none).")
 @click.option("--train-samples", type=click.IntRange(min=0), default=40_000, show_default=True,
               help="Training samples streamed through the training job (0: skip training, serve an untrained model).")
 @click.option("--rate-fractions", type=NumberList(float, minimum=0.001), default="0.25,0.5,0.75", show_default=True,
@@ -312,7 +315,8 @@ def sweep(ctx: click.Context, batch_sizes, waits, parallelisms, partition_counts
               help="HTTP load generator: wrk (C, light on CPU), the httpx asyncio fallback, or wrk when installed.")
 @click.pass_context
 @_handle_errors
-def compare(ctx: click.Context, requests: int, drain_timeout: float, train_samples: int, rate_fractions,
+def compare(ctx: click.Context, requests: int, drain_timeout: float, broker_warmup: int, train_samples: int,
+            rate_fractions,
             rate_duration: float, rate_warmup: float, lone_count: int, onml_batch_sizes, ceiling_batch_sizes, http_duration: float,
             http_connections: int, http_generator: str) -> None:
     """One run, same model and data: onml against the ceiling and three baselines (requests/s).
@@ -328,7 +332,8 @@ def compare(ctx: click.Context, requests: int, drain_timeout: float, train_sampl
     from benchmarks.compare import CompareOptions, compare_mode
 
     options = CompareOptions(
-        requests=requests, drain_timeout_s=drain_timeout, train_samples=train_samples,
+        requests=requests, drain_timeout_s=drain_timeout, broker_warmup_requests=broker_warmup,
+        train_samples=train_samples,
         rate_fractions=rate_fractions, rate_duration_s=rate_duration, rate_warmup_s=rate_warmup,
         lone_count=lone_count,
         extra_onml_batch_sizes=onml_batch_sizes, ceiling_batch_sizes=ceiling_batch_sizes,
