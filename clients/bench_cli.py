@@ -326,8 +326,7 @@ def compare(ctx: click.Context, requests: int, drain_timeout: float, broker_warm
     onml replaces, and ONNX Runtime), a plain Kafka consumer service (batch 1 and batched)
     and a FastAPI service, and onml's ratio to each. Below it: p99
     latency at half of onml's rate, lone-request latency, the job's peak RSS and the
-    training job's samples/s. With the defaults it takes about 7 to 10 minutes on 2 cores
-    (an estimate).
+    training job's samples/s. With the defaults it took about 6 minutes on 2 cores.
     """
     from benchmarks.compare import CompareOptions, compare_mode
 
