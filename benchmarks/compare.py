@@ -112,8 +112,8 @@ def compare_mode(context: BenchContext, options: CompareOptions, out_dir: Path,
 
     # The broker's JVM compiles its produce and fetch paths under the first heavy traffic.
     # Without this unmeasured drain, onml's drain came first and met a colder broker than
-    # the baselines after it: onml drained 33k requests/s at max batch 256 and, later in
-    # the same run, 53k at max batch 16 and 55k at 64.
+    # the baselines after it. It drained 33k requests/s at max batch 256, and later drains
+    # in the same run reached 53k at max batch 16 and 55k at 64.
     broker_warmup = None
     if options.broker_warmup_requests:
         _step(3, total, f"broker warm-up: plain Kafka consumer drains {options.broker_warmup_requests:,} requests "

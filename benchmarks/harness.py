@@ -223,8 +223,8 @@ def describe_served_model(store: Any) -> dict[str, Any]:
 def without_gc_pauses() -> Iterator[None]:
     """Turn off Python's cyclic garbage collector in this process for the duration of a measurement.
 
-    A full collection walks every container object alive, and a bench process holds
-    hundreds of thousands of arrival records, so it would stall the sender and the
+    A full collection walks every container object alive. A bench process keeps hundreds
+    of thousands of arrival records, so a collection would stall the sender and the
     collector in the middle of a measurement. Reference counting still frees memory.
     """
     was_enabled = gc.isenabled()
