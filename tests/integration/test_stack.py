@@ -369,6 +369,9 @@ def test_flink_cancel_running_job(flink_cluster: FlinkCluster, stack: Config, tm
 
 def test_flink_run_reports_failure(flink_cluster: FlinkCluster, tmp_path: Path) -> None:
     script = tmp_path / "broken_job.py"
-    script.write_text("raise SystemExit('probe failure')\n")
+    # Flink checks that the Python process is alive right after starting it, and a script
+    # that has already exited by then is reported without its output. The pause lets the
+    # check pass, so that the failure comes with the script's message.
+    script.write_text("import time\ntime.sleep(2)\nraise SystemExit('probe failure')\n")
     with pytest.raises(StackError, match="probe failure"):
         flink_cluster.flink_run(script, [], [], [])
