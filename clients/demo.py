@@ -103,6 +103,22 @@ def _wait_until_answering(jobs, store, producer, consumer, config, held_out, tim
                        f"see {jobs[0].log_path} and {jobs[1].log_path}")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _set_stop_handlers(handler) -> dict | None:
+    """Set ``handler`` for SIGINT and SIGTERM; return the previous handlers (None off the main thread)."""
+    try:
+        return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    except ValueError:
+        # signal.signal works only on the main thread, where the demo runs from the CLI.
+        return None
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_demo(
     config: Config,
     env: dict[str, str],
@@ -140,6 +156,8 @@ def run_demo(
     producer_thread: threading.Thread | None = None
     app = None
     interrupted = False
+    # SIGTERM (from `timeout`, a service manager or `kill`) stops the demo as Ctrl-C does.
+    previous_handlers = _set_stop_handlers(_raise_keyboard_interrupt)
     try:
         if with_app:
             from clients.app import start_app
@@ -207,18 +225,25 @@ def run_demo(
         return 1
     except KeyboardInterrupt:
         interrupted = True
-        _print("\nCtrl-C: stopping the streams, the jobs and the stack ...")
+        _print("\nstopping the streams, the jobs and the stack ...")
         return 0
     finally:
-        # 5. Stop in reverse order: streams, jobs, then the stack.
-        stop.set()
-        if producer_thread is not None:
-            producer_thread.join(timeout=10)
-        if app is not None:
-            app.close()
-        for job in reversed(jobs):
-            job.stop()
-        if not keep_stack:
-            stack.down(config)
+        # 5. Stop in reverse order: streams, jobs, then the stack. A second Ctrl-C or SIGTERM
+        # must not cut this short: the jobs run in process groups of their own, so nothing
+        # else would stop them.
+        _set_stop_handlers(signal.SIG_IGN)
+        try:
+            stop.set()
+            if producer_thread is not None:
+                producer_thread.join(timeout=10)
+            if app is not None:
+                app.close()
+            for job in reversed(jobs):
+                job.stop()
+            if not keep_stack:
+                stack.down(config)
+        finally:
+            for signum, handler in (previous_handlers or {}).items():
+                signal.signal(signum, handler)
         if interrupted:
             _print("stopped; run 'make demo' again to resume from the stored snapshots and checkpoints")
