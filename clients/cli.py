@@ -208,7 +208,14 @@ def predict(ctx: click.Context, count: int, offset: int, rate: float | None, png
 
     config = get_config(ctx)
     if pngs:
-        images, labels = [load_png(path) for path in pngs], None
+        images, labels = [], None
+        for path in pngs:
+            try:
+                images.append(load_png(path))
+            except OSError as error:
+                # Pillow raises UnidentifiedImageError, an OSError, for a file it cannot read.
+                raise click.BadParameter(f"cannot read {path} as an image ({error}); give a PNG of a drawn digit",
+                                         param_hint="--png") from None
     else:
         held_out = load_split(config.data_dir, config.dataset, "t10k")
         if offset >= len(held_out.labels):
@@ -286,6 +293,9 @@ def results(ctx: click.Context, from_beginning: bool, count: int | None, timeout
         pass
     finally:
         consumer.close()
+    # On stderr, so that stdout stays one message per line for other tools.
+    where = "from the beginning" if from_beginning else "since start"
+    click.echo(f"{printed} message(s) on {topic} ({where})", err=True)
 
 
 # Model store
