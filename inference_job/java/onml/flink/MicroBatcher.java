@@ -13,8 +13,9 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  *
  * <p>A batch leaves when it is full, when a processing-time timer set by its first record
  * fires, before every checkpoint barrier and at the end of the input. Emitting before the
- * barrier means a checkpoint never covers a record that is still in the buffer, so the
- * operator has no state of its own and nothing is lost on a restart.
+ * barrier means a checkpoint never covers a record that is still in the buffer. The
+ * operator therefore has no state of its own, and a restart from a checkpoint reads again
+ * every record that had not left the buffer.
  *
  * <p>The operator is not keyed: each parallel instance batches what its own input
  * partitions deliver, and the Python function downstream is called once per batch.
