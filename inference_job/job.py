@@ -72,9 +72,11 @@ class BatchPredictor(MapFunction):
         self.export_python = export_python
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        from inference_job.batch import serve_batch
         from inference_job.predictor import SnapshotWatcher
         from shared.store import ModelStore
 
+        self.serve_batch = serve_batch
         self.watcher = SnapshotWatcher(
             ModelStore.from_config(self.config),
             self.config.model_poll_interval_s,
@@ -90,10 +92,8 @@ class BatchPredictor(MapFunction):
         self.watcher.stop()
 
     def map(self, batch):
-        from inference_job.batch import serve_batch
-
         model = self.watcher.current() or self._wait_for_model(len(batch))
-        results, dead_letters = serve_batch(batch, model, self.config.request_topic)
+        results, dead_letters = self.serve_batch(batch, model, self.config.request_topic)
         if dead_letters:
             self.rejected += len(dead_letters)
             logger.warning("rejected %d malformed requests (%d so far)", len(dead_letters), self.rejected)

@@ -100,6 +100,21 @@ def encode_request(request_id: str, pixels: bytes | np.ndarray, ts_ms: float | N
     })
 
 
+def _result_fields(request_id: str, label: int, probabilities: list[float], model_version: int,
+                   request_ts_ms: float, result_ts_ms: float, batch_size: int) -> dict[str, Any]:
+    """Return a result message's fields; the caller has rounded the probabilities to 5 places."""
+    return {
+        "v": FORMAT_VERSION,
+        "id": request_id,
+        "label": label,
+        "probs": probabilities,
+        "model_version": model_version,
+        "request_ts": request_ts_ms,
+        "result_ts": result_ts_ms,
+        "batch_size": batch_size,
+    }
+
+
 def encode_result(
     request_id: str,
     label: int,
@@ -109,16 +124,10 @@ def encode_result(
     batch_size: int,
     result_ts_ms: float | None = None,
 ) -> bytes:
-    return orjson.dumps({
-        "v": FORMAT_VERSION,
-        "id": request_id,
-        "label": int(label),
-        "probs": [round(float(p), 5) for p in probabilities],
-        "model_version": int(model_version),
-        "request_ts": request_ts_ms,
-        "result_ts": now_ms() if result_ts_ms is None else result_ts_ms,
-        "batch_size": int(batch_size),
-    })
+    return orjson.dumps(_result_fields(
+        request_id, int(label), [round(float(p), 5) for p in probabilities], int(model_version), request_ts_ms,
+        now_ms() if result_ts_ms is None else result_ts_ms, int(batch_size),
+    ))
 
 
 def encode_results(
@@ -139,18 +148,8 @@ def encode_results(
     result_ts = now_ms() if result_ts_ms is None else result_ts_ms
     version = int(model_version)
     batch_size = len(requests)
-    dumps = orjson.dumps
     return [
-        dumps({
-            "v": FORMAT_VERSION,
-            "id": request.id,
-            "label": label,
-            "probs": probs,
-            "model_version": version,
-            "request_ts": request.ts_ms,
-            "result_ts": result_ts,
-            "batch_size": batch_size,
-        }).decode()
+        orjson.dumps(_result_fields(request.id, label, probs, version, request.ts_ms, result_ts, batch_size)).decode()
         for request, label, probs in zip(requests, labels, rounded)
     ]
 

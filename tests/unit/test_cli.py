@@ -33,3 +33,12 @@ def test_demo_stop_handlers_set_and_restore():
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     assert {signum: signal.getsignal(signum) for signum in demo.STOP_SIGNALS} == before
+
+
+def test_bench_system_choices_match_modes():
+    from benchmarks.modes import SYSTEM_CHOICES
+    from clients.bench_cli import drain
+
+    system_option = next(param for param in drain.params if param.name == "system")
+
+    assert tuple(system_option.type.choices) == SYSTEM_CHOICES
