@@ -30,7 +30,14 @@ if __package__ in (None, ""):
 from pyflink.datastream.functions import MapFunction, RuntimeContext
 
 from shared.config import Config, load_config
-from shared.flink import STRING, absolute_paths, create_environment, kafka_string_sink, kafka_string_source
+from shared.flink import (
+    STRING,
+    absolute_paths,
+    create_environment,
+    kafka_string_sink,
+    kafka_string_source,
+    partial_path,
+)
 from shared.wire import WireError, decode_request, encode_dead_letter, encode_result, pixels_to_array
 
 logger = logging.getLogger("onml.bench.per_record")
@@ -71,7 +78,7 @@ def build_bench_archive(directory: Path) -> Path:
     """Zip the ``benchmarks`` package's Python files, so the workers can import this module by name."""
     directory.mkdir(parents=True, exist_ok=True)
     archive = directory / "onml-bench.zip"
-    partial = archive.with_suffix(".zip.partial")
+    partial = partial_path(archive)
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as bundle:
         for source in sorted(PACKAGE_DIR.glob("*.py")):
             bundle.write(source, f"benchmarks/{source.name}")

@@ -16,6 +16,7 @@ import site
 import subprocess
 import sys
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -136,6 +137,16 @@ def create_environment(
     return env
 
 
+def partial_path(target: Path) -> Path:
+    """Return a path beside ``target`` for this process alone to write before renaming it to ``target``.
+
+    Jobs started together (training and inference, or a job and a bench baseline) build
+    the same files at the same time. With one shared partial name, one process renamed
+    the other's half-written file away and the other failed with FileNotFoundError.
+    """
+    return target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+
+
 def build_job_archive(directory: Path) -> Path:
     """Zip the job packages' Python files into ``directory/onml-jobs.zip`` and return its path.
 
@@ -145,7 +156,7 @@ def build_job_archive(directory: Path) -> Path:
     """
     directory.mkdir(parents=True, exist_ok=True)
     archive = directory / "onml-jobs.zip"
-    partial = archive.with_suffix(".zip.partial")
+    partial = partial_path(archive)
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as bundle:
         for package in JOB_PACKAGES:
             for source in sorted((PROJECT_ROOT / package).rglob("*.py")):
@@ -183,7 +194,7 @@ def build_operator_jar(directory: Path) -> Path:
         completed = subprocess.run(command, capture_output=True, text=True, check=False)
         if completed.returncode != 0:
             raise RuntimeError(f"compiling the Java operators failed:\n{completed.stderr.strip()}")
-        partial = jar.with_suffix(".jar.partial")
+        partial = partial_path(jar)
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\nCreated-By: onml\r\n\r\n")
             for compiled in sorted(Path(classes).rglob("*.class")):

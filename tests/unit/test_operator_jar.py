@@ -51,3 +51,15 @@ def test_missing_javac_names_package(monkeypatch):
 
     with pytest.raises(FileNotFoundError, match="openjdk-17-jdk-headless"):
         flink._find_javac()
+
+
+def test_concurrent_archive_builds_succeed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        archives = list(pool.map(lambda _: flink.build_job_archive(tmp_path), range(8)))
+
+    assert set(archives) == {tmp_path / "onml-jobs.zip"}
+    assert not list(tmp_path.glob("*.partial"))
+    with zipfile.ZipFile(archives[0]) as archive:
+        assert "inference_job/job.py" in archive.namelist()
